@@ -1,0 +1,399 @@
+r"""ISO: partial-isometry regularization in the Fisher information metric (seed 000).
+
+Coordinate-free statement (what is implemented)
+-----------------------------------------------
+Let ``F`` be the model (softmax of the logits), ``μ = 2√p ∈ R^{m+1}`` its square-root
+coordinates with **all** ``m+1`` classes kept, and ``J_μ = ∂μ/∂x`` of shape
+``(m+1) × n`` (``n`` = number of input features).  On the sphere ``‖μ‖ = 2`` the Fisher
+metric is the Euclidean metric (seed 000 eq. 11), so the pull-back of the Fisher metric to
+the input space is ``G̃ = J_μᵀ J_μ`` (seed 000 eq. 3) — no coordinate is dropped and
+nothing blows up.  Since ``‖μ‖² = 4`` is constant, ``μᵀ J_μ = 0``: the rows of ``J_μ`` span
+(a subspace of) the tangent space ``T_μ = μ^⊥`` whose orthogonal projector is
+``P_μ = I − μμᵀ/4``.
+
+The partial-isometry condition with length factor ``K`` — "the differential multiplies
+Euclidean lengths by ``K`` on ``(ker J_μ)^⊥``" (seed 000 eq. 7 with lengths, as used in
+its eq. 13) — is::
+
+    J_μ J_μᵀ = K² · P_μ                                             (★)
+
+equivalently: ``G̃`` has exactly ``m`` non-zero eigenvalues, all equal to ``K²``
+(seed 000 eq. 9).  The regularizer measures the deviation from (★)::
+
+    α(x, F) = ε² · ‖ J_μ J_μᵀ − K² P_μ ‖_F                           (this module)
+
+with the seed's ``ε²`` prefactor ("to compensate the 1/ε²", seed 000 after eq. 14).
+``α ≥ 0`` and ``α = 0`` iff (★) holds.  Default ``K = δ_m/ε`` with
+``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.geometry.delta_m`, the seed's constant;
+:func:`liplayers.geometry.max_boundary_distance` ``= π/2`` is the distance to the
+argmax decision boundary, pass ``scale=(π/2)/ε`` to use it).
+
+Relation to seed 000 eqs. 12–15
+-------------------------------
+The seed writes the condition in stereographic coordinates
+``t = 2μ_{1:m}/(2 − μ_{m+1})`` where ``g = λ(t)² Σ dt_i²`` with
+``λ = 2/(1 + ‖t/2‖²)`` (eq. 12).  Writing ``J̃ = ∂t/∂x`` and ``R`` for the isometry
+``T_μ → R^m`` given by ``dt = R dμ / λ``, one gets ``J̃J̃ᵀ = R (J_μJ_μᵀ) Rᵀ / λ²``, so (★)
+is ``J̃J̃ᵀ = (K/λ)² I_m`` — the first display after eq. 12 — and since
+``1 + ‖t/2‖² = 2/(1 − √θ_{m+1})`` this is::
+
+    J̃J̃ᵀ = K² / (1 − √θ_{m+1})² · I_m.                             (13, corrected)
+
+The printed eq. 13, ``K² θ_{m+1} / (2√θ_{m+1} − ‖θ_{1:m}‖₁)² · I_m``, does not follow from
+eq. 12 (see DESIGN.md).  With the corrected right-hand side the seed's eq. 14 equals::
+
+    α_seed = ε² ‖J̃J̃ᵀ − (K/λ)² I_m‖_F = α / (1 − √θ_{m+1})²,
+
+i.e. the seed's α is ours times the conformal weight ``1/(1 − √θ_{m+1})²``, which depends on
+the arbitrary choice of the dropped class and is unbounded when that class is predicted
+with confidence (the pole of the projection).  We drop that weight: ``α`` is invariant under
+relabelling the classes.  :func:`iso_penalty_stereographic` reproduces the seed's form
+(corrected or as printed) for comparison.
+
+Estimators
+----------
+* ``estimator="exact"``: ``J_μ`` by reverse mode, ``torch.func.jacrev`` (vmapped over the
+  ``m+1`` output cotangents — no Python loop), applied to ``Σ_b μ(x)_b`` so one call gives
+  every sample's Jacobian.  Cost ≈ ``m+1`` backward passes, plus their backward in training.
+* ``estimator="randomized"``: ``k = num_probes ≥ 2`` forward-mode JVPs
+  ``u_i = J_μ v_i`` (``torch.func.jvp`` vmapped over the probes, so the primal pass is shared)
+  with independent probes ``E[v vᵀ] = I`` (Rademacher by default, or Gaussian).  Then
+  ``E[u_i u_iᵀ] = J_μJ_μᵀ`` (unbiased for the pulled-back metric) and, writing
+  ``C = K² P_μ``, the U-statistic::
+
+      U = mean_{i≠j} (u_iᵀu_j)² − (2/k) Σ_i u_iᵀ C u_i + ‖C‖_F²
+
+  is an **unbiased** estimator of ``‖J_μJ_μᵀ − C‖_F²`` (``E[(u_iᵀu_j)²] = ‖J_μJ_μᵀ‖_F²``
+  for independent ``i ≠ j``; ``E[u_iᵀCu_i] = ⟨C, J_μJ_μᵀ⟩``).  Hence with ``squared=True``
+  the randomized ``ε⁴·U`` is an unbiased estimate of the exact ``α²`` and its parameter
+  gradient is an unbiased estimate of ``∇α²`` (the probes do not depend on the
+  parameters): use ``squared=True`` for unbiased stochastic training.  ``U`` may be
+  negative for an individual draw.  With ``squared=False`` the randomized value is
+  ``ε²·√max(U, 0)``: consistent as ``k → ∞`` but **not** unbiased (Jensen).
+  Cost ≈ ``1 + k`` forward passes plus their backward, independent of the number of classes.
+
+Both estimators (like :mod:`torch.func` in general) assume the model treats samples
+independently (no batch-statistics coupling such as BatchNorm in training mode).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import jacrev, jvp, vmap
+
+from ..geometry import delta_m, sphere_coordinates
+
+__all__ = [
+    "sqrt_prob_jacobian",
+    "pullback_fisher_metric",
+    "iso_penalty",
+    "iso_penalty_stereographic",
+    "iso_schedule",
+    "ISOLoss",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_x(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least 2 dims")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains non-finite values")
+
+
+def _check_logits(logits: Tensor, B: int) -> None:
+    if logits.dim() != 2 or logits.shape[0] != B or logits.shape[1] < 2:
+        raise ValueError(f"model must return logits of shape (B, C) with B={B}, C>=2; got {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits.detach()).all()):
+        raise ValueError("model returned non-finite logits")
+
+
+def _mu_and_logits(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
+    logits = model(x)
+    return sphere_coordinates(logits, validate=False), logits
+
+
+def _check_positive(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
+def _scale(epsilon: float, scale: Optional[float], num_classes: int) -> float:
+    epsilon = _check_positive("epsilon", epsilon)
+    if scale is None:
+        return delta_m(num_classes) / epsilon
+    return _check_positive("scale", scale)
+
+
+def sqrt_prob_jacobian(model: nn.Module, x: Tensor, *, return_logits: bool = False):
+    r"""Exact input Jacobian ``J_μ = ∂(2√p)/∂x`` per sample, shape ``(B, C, n)``, n = x[0].numel().
+
+    Computed with ``torch.func.jacrev`` of ``Σ_b μ(x)_b`` (one reverse pass per class,
+    vmapped).  Differentiable w.r.t. the model parameters.  With ``return_logits=True``
+    returns ``(J, logits)``.
+    """
+    _check_x(x)
+    B = x.shape[0]
+
+    def f(z: Tensor):
+        mu, logits = _mu_and_logits(model, z)
+        return mu.sum(0), logits
+
+    jac, logits = jacrev(f, has_aux=True)(x)  # (C, B, *x.shape[1:])
+    _check_logits(logits, B)
+    J = jac.reshape(jac.shape[0], B, -1).transpose(0, 1)  # (B, C, n)
+    return (J, logits) if return_logits else J
+
+
+def pullback_fisher_metric(model: nn.Module, x: Tensor) -> Tensor:
+    """Pull-back of the Fisher metric ``G̃ = J_μᵀ J_μ`` per sample, shape ``(B, n, n)`` (seed 000 eq. 3)."""
+    J = sqrt_prob_jacobian(model, x)
+    return J.transpose(1, 2) @ J
+
+
+def _target(mu: Tensor, K: float) -> Tensor:
+    """C = K² (I − μμᵀ/4), shape (B, C, C)."""
+    eye = torch.eye(mu.shape[1], dtype=mu.dtype, device=mu.device)
+    return K * K * (eye - mu[:, :, None] * mu[:, None, :] / 4)
+
+
+def _probes(shape, k, probe, generator, dtype, device):
+    if probe == "rademacher":
+        r = torch.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
+        return (2 * r - 1).to(dtype)
+    if probe == "gaussian":
+        return torch.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
+    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+
+
+def _jvp_probes(model, x, k, probe, generator):
+    """u_i = J_μ v_i for k independent probes: returns (mu (B,C), u (k,B,C), logits (B,C))."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"num_probes must be an int >= 2 (the unbiased U-statistic needs two "
+                         f"independent probes), got {k!r}")
+    V = _probes(x.shape, k, probe, generator, x.dtype, x.device)
+
+    def one(v: Tensor):
+        return jvp(lambda z: _mu_and_logits(model, z), (x,), (v,), has_aux=True)
+
+    # the primal (mu, logits) does not depend on the probe: computed once, not k times
+    mu, u, logits = vmap(one, out_dims=(None, 0, None))(V)
+    return mu, u, logits
+
+
+def _u_statistic(mu: Tensor, u: Tensor, K: float) -> Tensor:
+    """Unbiased estimate of ||J J^T - K^2 (I - mu mu^T/4)||_F^2 from u (k, B, C); shape (B,)."""
+    k, C = u.shape[0], mu.shape[1]
+    s = (mu * mu).sum(1) / 4  # = 1 up to rounding
+    c_norm2 = K ** 4 * (C - 2 * s + s * s)  # ||K^2 (I - mu mu^T/4)||_F^2  (= K^4 m)
+    G = torch.einsum("ibc,jbc->bij", u, u)  # (B, k, k) Gram matrix of the probe images
+    diag = torch.diagonal(G, dim1=1, dim2=2)  # (B, k) = |u_i|^2
+    mean_off = (G.pow(2).sum((1, 2)) - diag.pow(2).sum(1)) / (k * (k - 1))
+    muu = torch.einsum("bc,ibc->bi", mu, u)  # (B, k), = 0 analytically
+    uCu = K * K * (diag - muu.pow(2) / 4)  # u_i^T C u_i
+    return mean_off - (2.0 / k) * uCu.sum(1) + c_norm2
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    """sqrt(max(v, 0)) with a zero gradient where v <= 0 (no inf/nan)."""
+    pos = v > 0
+    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
+def _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe):
+    _check_x(x)
+    _check_positive("epsilon", epsilon)
+    if estimator == "exact":
+        J, logits = sqrt_prob_jacobian(model, x, return_logits=True)
+        K = _scale(epsilon, scale, logits.shape[1])
+        mu = sphere_coordinates(logits, validate=False)
+        D = J @ J.transpose(1, 2) - _target(mu, K)
+        sq = (D * D).sum((1, 2))
+    elif estimator == "randomized":
+        mu, u, logits = _jvp_probes(model, x, num_probes, probe, generator)
+        _check_logits(logits, x.shape[0])
+        K = _scale(epsilon, scale, logits.shape[1])
+        sq = _u_statistic(mu, u, K)
+    else:
+        raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
+    eps2 = float(epsilon) ** 2
+    if squared:
+        return eps2 * eps2 * sq, logits
+    return eps2 * _safe_sqrt(sq), logits
+
+
+def iso_penalty(
+    model: nn.Module,
+    x: Tensor,
+    epsilon: float,
+    scale: Optional[float] = None,
+    estimator: str = "exact",
+    num_probes: int = 2,
+    generator: Optional[torch.Generator] = None,
+    *,
+    squared: bool = False,
+    probe: str = "rademacher",
+) -> Tensor:
+    r"""ISO partial-isometry penalty ``α(x, F) = ε²‖J_μJ_μᵀ − K²(I − μμᵀ/4)‖_F`` per sample, ``(B,)``.
+
+    See the module docstring for the derivation and the relation to seed 000 eq. 14.
+
+    Args:
+        model: maps ``x`` (B, ...) to logits (B, m+1); samples must not interact.
+        x: inputs (B, ...); the Jacobian is taken w.r.t. all features (``n = x[0].numel()``).
+        epsilon: the budget ``ε`` (> 0), input units; sets the prefactor ``ε²`` and the default scale.
+        scale: the length factor ``K`` (> 0).  Default ``δ_m/ε`` with seed 000's
+            ``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.geometry.delta_m`).
+        estimator: ``"exact"`` (jacrev) or ``"randomized"`` (``num_probes`` JVPs).
+        num_probes: number of probes ``k ≥ 2`` for the randomized estimator.
+        generator: :class:`torch.Generator` for the probes (determinism).
+        squared: return ``α²`` instead of ``α``.  The randomized estimate of ``α²`` is
+            unbiased (may be negative for one draw); that of ``α`` is only consistent.
+        probe: ``"rademacher"`` (lower variance) or ``"gaussian"``; both have ``E[vvᵀ] = I``.
+
+    Returns:
+        Tensor ``(B,)``, differentiable w.r.t. the model parameters.
+    """
+    return _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe)[0]
+
+
+def iso_penalty_stereographic(
+    model: nn.Module,
+    x: Tensor,
+    epsilon: float,
+    scale: Optional[float] = None,
+    *,
+    printed_eq13: bool = False,
+) -> Tensor:
+    r"""Seed 000's eq. 14 in its stereographic coordinates (exact Jacobian), ``(B,)``.
+
+    ``ε²‖J̃J̃ᵀ − c(θ) I_m‖_F`` with ``J̃ = ∂t/∂x``, ``t`` from
+    :func:`liplayers.geometry.stereographic_coordinates` (last class dropped) and
+    ``c = K²/(1 − √θ_{m+1})²`` (eq. 13 corrected, default) or, with ``printed_eq13=True``,
+    ``c = K² θ_{m+1}/(2√θ_{m+1} − ‖θ_{1:m}‖₁)²`` as printed.  With the corrected constant this
+    equals :func:`iso_penalty` ``/ (1 − √θ_{m+1})²``.  For reproducing/testing the seed only;
+    it blows up when the last class is confidently predicted.
+    """
+    _check_x(x)
+    B = x.shape[0]
+
+    def f(z: Tensor):
+        logits = model(z)
+        mu = sphere_coordinates(logits, validate=False)
+        t = 2.0 * mu[:, :-1] / (2.0 - mu[:, -1:])
+        return t.sum(0), logits
+
+    jac, logits = jacrev(f, has_aux=True)(x)
+    _check_logits(logits, B)
+    m = logits.shape[1] - 1
+    K = _scale(epsilon, scale, m + 1)
+    Jt = jac.reshape(m, B, -1).transpose(0, 1)
+    p = torch.softmax(logits, dim=-1)
+    last = p[:, -1]
+    if printed_eq13:
+        c = K * K * last / (2 * last.sqrt() - p[:, :-1].sum(-1)) ** 2
+    else:
+        c = K * K / (1 - last.sqrt()) ** 2
+    eye = torch.eye(m, dtype=x.dtype, device=x.device)
+    D = Jt @ Jt.transpose(1, 2) - c[:, None, None] * eye
+    return float(epsilon) ** 2 * torch.linalg.matrix_norm(D)
+
+
+# --------------------------------------------------------------------------- loss
+def iso_schedule(epoch: int, num_epochs: int, eta_min: float = 0.002, eta_max: float = 0.006) -> float:
+    r"""Geometric schedule of seed 000 §4.2: ``η_i = η_min (η_max/η_min)^{(i−1)/(N−1)}``.
+
+    ``epoch`` is **0-based** (``epoch = i − 1`` ∈ ``[0, num_epochs − 1]``); returns ``η_min`` at
+    the first epoch and ``η_max`` at the last (``η_min`` throughout if ``num_epochs == 1``).
+    Defaults are the seed's MNIST values.  Requires ``0 < η_min ≤ η_max ≤ 1``.
+    """
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive int, got {num_epochs!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < num_epochs:
+        raise ValueError(f"epoch must be an int in [0, {num_epochs - 1}] (0-based), got {epoch!r}")
+    if not (0 < eta_min <= eta_max <= 1):
+        raise ValueError(f"need 0 < eta_min <= eta_max <= 1, got eta_min={eta_min}, eta_max={eta_max}")
+    if num_epochs == 1:
+        return float(eta_min)
+    return float(eta_min * (eta_max / eta_min) ** (epoch / (num_epochs - 1)))
+
+
+class ISOLoss(nn.Module):
+    r"""``(1 − η)·CE(F(x), y) + η·α(x, F)`` (seed 000 eq. 15) with ``η`` from :func:`iso_schedule`.
+
+    Args:
+        epsilon, scale, estimator, num_probes, squared, probe: as in :func:`iso_penalty`.
+        eta: fixed ``η ∈ [0, 1]``; if ``None`` (default) ``η`` follows the geometric schedule
+            between ``eta_min`` and ``eta_max`` over ``num_epochs`` — call
+            :meth:`set_epoch` at the start of each epoch (0-based).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        generator: :class:`torch.Generator` for the randomized probes.
+
+    ``forward(model, x, y) -> loss``.  The logits for the cross-entropy come from the same
+    pass as the Jacobian (no extra forward).  The last values are kept in
+    ``self.last_ce`` / ``self.last_alpha`` (detached, batch means) for logging.
+    """
+
+    def __init__(
+        self,
+        epsilon: float,
+        scale: Optional[float] = None,
+        *,
+        eta: Optional[float] = None,
+        eta_min: float = 0.002,
+        eta_max: float = 0.006,
+        num_epochs: int = 30,
+        estimator: str = "exact",
+        num_probes: int = 2,
+        squared: bool = False,
+        probe: str = "rademacher",
+        reduction: str = "mean",
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        _check_positive("epsilon", epsilon)
+        if scale is not None:
+            _check_positive("scale", scale)
+        if estimator not in ("exact", "randomized"):
+            raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if eta is not None and not (0 <= eta <= 1):
+            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        iso_schedule(0, num_epochs, eta_min, eta_max)  # validates
+        self.epsilon, self.scale, self.estimator = float(epsilon), scale, estimator
+        self.num_probes, self.squared, self.probe = num_probes, squared, probe
+        self.eta_fixed, self.eta_min, self.eta_max, self.num_epochs = eta, eta_min, eta_max, num_epochs
+        self.reduction, self.generator = reduction, generator
+        self.epoch = 0
+        self.last_ce: Optional[Tensor] = None
+        self.last_alpha: Optional[Tensor] = None
+
+    @property
+    def eta(self) -> float:
+        if self.eta_fixed is not None:
+            return float(self.eta_fixed)
+        return iso_schedule(self.epoch, self.num_epochs, self.eta_min, self.eta_max)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the (0-based) epoch that drives the η schedule."""
+        iso_schedule(epoch, self.num_epochs, self.eta_min, self.eta_max)
+        self.epoch = epoch
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        alpha, logits = _iso(model, x, self.epsilon, self.scale, self.estimator, self.num_probes,
+                             self.generator, self.squared, self.probe)
+        ce = F.cross_entropy(logits, y, reduction="none")
+        eta = self.eta
+        loss = (1 - eta) * ce + eta * alpha
+        self.last_ce, self.last_alpha = ce.detach().mean(), alpha.detach().mean()
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
