@@ -1,0 +1,50 @@
+"""Export a liplayers model to plain ``torch.nn`` modules with the normalized weights frozen in."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .lipschitz import LipschitzModule
+
+__all__ = ["export"]
+
+
+def _export_inplace(module: nn.Module) -> nn.Module:
+    if isinstance(module, LipschitzModule):
+        try:
+            return module.to_torch()
+        except NotImplementedError:
+            pass
+    if parametrize.is_parametrized(module):
+        for name in list(module.parametrizations.keys()):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    for name, child in list(module.named_children()):
+        setattr(module, name, _export_inplace(child))
+    return module
+
+
+def export(model: nn.Module) -> nn.Module:
+    """An equivalent model without parametrizations, for inference and deployment.
+
+    Every liplayers layer is replaced by its plain ``torch.nn`` equivalent (``BjorckLinear`` →
+    ``nn.Linear`` with the orthonormal weight it uses in eval mode, ``Sequential`` →
+    ``nn.Sequential``); ``torch.nn.utils.parametrize`` parametrizations of other modules are
+    removed with their current value frozen in. Parameter-free activations with no torch.nn
+    counterpart (GroupSort family) are kept: they are built from torch operations only. No
+    forward pass is needed. The input model is not modified; the result is in eval mode and
+    its outputs match the original's eval-mode outputs to float rounding.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _export_inplace(copy.deepcopy(model))
+    finally:
+        model.train(was_training)
+    out.eval()
+    for p in out.parameters():
+        p.requires_grad_(True)
+    return out

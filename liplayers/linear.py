@@ -1,0 +1,109 @@
+"""Dense 1-Lipschitz layers, drop-in replacements for ``nn.Linear``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .functional.spectral import spectral_norm_exact
+from .lipschitz import LipschitzModule
+from .parametrizations import BjorckOrthonormal, SpectralNormalized
+
+__all__ = ["BjorckLinear", "SpectralLinear"]
+
+
+class _ParametrizedLinear(nn.Linear, LipschitzModule):
+    """``nn.Linear`` whose ``weight`` is read through a parametrization."""
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        """Exact (float64 SVD, +1e-9 relative) spectral norm of the weight used in eval mode."""
+        return float(spectral_norm_exact(self.eval_weight()))
+
+    def eval_weight(self) -> torch.Tensor:
+        """The effective weight as used in eval mode (detached), without changing the mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.weight.detach().clone()
+        finally:
+            self.train(was_training)
+
+    def to_torch(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.bias.device if self.bias is not None else None,
+                        dtype=self.parametrizations.weight.original.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.eval_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+
+class BjorckLinear(_ParametrizedLinear):
+    r"""Linear layer with a (semi-)orthonormal weight: y = x Wᵀ + b, W = polar(V).
+
+    Drop-in for ``nn.Linear`` (same arguments; ``weight`` and ``bias`` attributes; works in any
+    module). Shapes: input (*, in_features) → output (*, out_features). Guarantees (to the
+    tolerance ``tol`` on ‖WᵀW − I‖₂): for out ≤ in, W has orthonormal rows (‖W‖₂ = 1, W Wᵀ = I);
+    for out ≥ in, orthonormal columns, so the layer preserves norms and gradient norms
+    (gradient-norm preserving, GNP). :meth:`lipschitz_bound` reports the exact norm of the
+    weight actually used, never the intended 1.
+
+    The weight is initialized orthogonal. By default (``mode="retract"``) the stored parameter
+    is kept on the Stiefel manifold (see :class:`~liplayers.parametrizations.BjorckOrthonormal`):
+    the forward pass after an optimizer step retracts it with one to three Björck steps, and
+    in eval mode the layer costs exactly an ``nn.Linear``.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
+        mode: ``"retract"`` (fast, default) or ``"differentiable"`` (Björck in the forward pass
+            with autograd through the iterations, as in Anil et al. 2019).
+        tol: target ‖WᵀW − I‖₂; default 1e-5 (float32) / 1e-10 (float64).
+        max_iterations: cap on Björck steps per orthonormalization.
+        order: 3 (Björck step) or 5 (cubic step).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, mode: str = "retract", tol: Optional[float] = None, max_iterations: int = 40,
+                 order: int = 3) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        parametrize.register_parametrization(
+            self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order)
+        )
+
+    def reset_parameters(self) -> None:
+        # orthogonal init (called by nn.Linear.__init__ before the parametrization exists)
+        w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
+        with torch.no_grad():
+            nn.init.orthogonal_(w)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    @property
+    def orthonormalizer(self) -> BjorckOrthonormal:
+        return self.parametrizations.weight[0]
+
+
+class SpectralLinear(_ParametrizedLinear):
+    r"""Linear layer with weight divided by its spectral norm: y = x (V/σ(V))ᵀ + b.
+
+    Drop-in for ``nn.Linear``; shapes (*, in_features) → (*, out_features). σ is estimated by
+    power iteration with a persistent vector (buffer ``parametrizations.weight.0.u``) run to
+    a relative tolerance in training, never in eval (cached per parameter version). ‖W‖₂ is 1
+    up to the estimate's error (≤ 1e-4 relative in practice); :meth:`lipschitz_bound` reports
+    the exact norm. Unlike :class:`BjorckLinear` it does not preserve gradient norms (only the
+    top singular value is 1).
+
+    Args:
+        in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
+        tol: relative tolerance of the power iteration; max_iterations: its cap per forward.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, tol: float = 1e-7, max_iterations: int = 50) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations)
+        parametrize.register_parametrization(self, "weight", param.to(self.weight.device))

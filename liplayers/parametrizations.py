@@ -1,0 +1,220 @@
+"""Weight parametrizations (``torch.nn.utils.parametrize``) that make a weight 1-Lipschitz.
+
+* :class:`BjorckOrthonormal` reads a weight through its polar factor (Björck iterations).
+* :class:`SpectralNormalized` divides a weight by its spectral norm (power iteration).
+
+Both keep an eval-mode cache keyed on the stored parameter's version counter, so in eval the
+normalized weight is computed once and reused until the parameter changes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .functional.orthogonalization import bjorck, bjorck_step, default_tolerance, gram, predicted_error
+from .functional.spectral import power_iteration
+
+__all__ = ["BjorckOrthonormal", "SpectralNormalized"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision used for orthonormalization: float32 at least (bf16/fp16 weights are upcast)."""
+    return dtype if dtype in (torch.float64, torch.complex64, torch.complex128) else torch.float32
+
+
+def _version_key(x: Tensor) -> tuple:
+    return (x._version, x.data_ptr(), x.dtype, x.device, tuple(x.shape))
+
+
+class BjorckOrthonormal(nn.Module):
+    r"""Parametrization ``W = polar(V)``: orthonormal rows or columns, read through Björck.
+
+    Two modes:
+
+    * ``"retract"`` (default): the stored parameter V is itself kept on the Stiefel manifold.
+      Whenever V has changed (an optimizer step, ``load_state_dict``), the next forward
+      replaces it in place, without gradient, by its orthonormalized version (a retraction:
+      after an Adam step V is a distance ~lr·√n off the manifold, and one or two Björck steps
+      bring it back to float precision). The weight is then V itself and the gradient is the
+      Euclidean gradient: training is projected gradient descent on the Stiefel manifold. A
+      training step costs 2–4 products of the smaller side instead of 2×15 differentiated ones.
+    * ``"differentiable"``: V is free; W = bjorck(V) with autograd through every iteration
+      (Anil et al., 2019). Slower, kept for reproducing the seed.
+
+    The number of steps adapts: each step's Gram matrix A = WᵀW gives an estimate e of
+    ‖A − I‖₂ (a few power iterations on A − I from a persistent vector, times a safety factor,
+    capped by the guaranteed ‖A − I‖_F); iteration stops once the predicted error after the
+    step (:func:`~liplayers.functional.predicted_error`) is ≤ ``tol``. Far from the manifold
+    (e > 0.5, e.g. at the first forward after loading an arbitrary weight) the weight is first
+    divided by a guaranteed upper bound of its norm. The certificate never relies on this: the
+    Lipschitz bound of a layer is computed from the weight it actually uses.
+
+    Args:
+        mode: ``"retract"`` or ``"differentiable"``.
+        tol: target ‖WᵀW − I‖₂ (≈ 2 max |σ − 1|); default :func:`default_tolerance` of the dtype.
+        max_iterations: cap on Björck steps per call.
+        order: 3 (Björck) or 5 (cubic step, one more product).
+    """
+
+    _SAFETY = 1.5  # power iteration gives a lower bound of ‖A − I‖₂; inflate it for stopping
+
+    def __init__(
+        self,
+        mode: str = "retract",
+        tol: Optional[float] = None,
+        max_iterations: int = 40,
+        order: int = 3,
+    ) -> None:
+        super().__init__()
+        if mode not in ("retract", "differentiable"):
+            raise ValueError(f"mode must be 'retract' or 'differentiable', got {mode!r}")
+        if order not in (3, 5):
+            raise ValueError(f"order must be 3 or 5, got {order}")
+        if max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        self.mode = mode
+        self.tol = tol
+        self.max_iterations = max_iterations
+        self.order = order
+        self._probe: Optional[Tensor] = None  # persistent vector for the ‖A − I‖ estimate
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[Tensor] = None
+        self.last_steps = 0  # Björck steps taken by the last orthonormalization (diagnostics)
+
+    # -- the algorithm -------------------------------------------------------------------
+    def _estimate(self, a: Tensor) -> float:
+        """Estimate of ‖A − I‖₂ for the smaller Gram matrix A (no grad)."""
+        s = a.detach().clone()
+        s.diagonal().sub_(1.0)
+        n = s.shape[-1]
+        if self._probe is None or self._probe.shape[0] != n or self._probe.dtype != s.dtype:
+            g = torch.Generator(device="cpu").manual_seed(n)
+            self._probe = torch.randn(n, generator=g, dtype=s.dtype).to(s.device)
+        v = self._probe.to(s.device)
+        est = 0.0
+        for _ in range(4):
+            sv = s @ v
+            nrm = float(sv.norm())
+            if nrm == 0.0 or not math.isfinite(nrm):
+                break
+            est, v = nrm, sv / nrm
+        self._probe = v
+        fro = float(torch.linalg.matrix_norm(s))
+        return min(self._SAFETY * est, fro)
+
+    def orthonormalize(self, v: Tensor) -> Tensor:
+        """Polar factor of ``v`` (2-D, (out, in)) to the tolerance, without gradient."""
+        with torch.no_grad():
+            dtype = _compute_dtype(v.dtype)
+            w = v.detach().to(dtype)
+            tol = self.tol if self.tol is not None else default_tolerance(dtype)
+            steps = 0
+            while steps < self.max_iterations:
+                a = gram(w)
+                e = self._estimate(a)
+                if not math.isfinite(e):
+                    raise ValueError("BjorckOrthonormal: the weight contains non-finite values")
+                if e <= tol and steps > 0:
+                    break
+                if e > 0.5:  # far from the manifold: guaranteed pre-scaling, classic steps
+                    w = bjorck(w, iterations=1, tol=0.0, prescale=True)
+                    steps += 1
+                    continue
+                w = bjorck_step(w, a, order=self.order)
+                steps += 1
+                if predicted_error(e, self.order) <= tol:
+                    break
+            self.last_steps = steps
+            return w.to(v.dtype)
+
+    # -- parametrization protocol -------------------------------------------------------------
+    def forward(self, v: Tensor) -> Tensor:
+        if v.dim() != 2:
+            raise ValueError(f"BjorckOrthonormal expects a 2-D weight (out, in), got shape {tuple(v.shape)}")
+        if self.mode == "differentiable":
+            if not self.training and self._cache_key == _version_key(v):
+                return self._cache
+            tol = self.tol if self.tol is not None else default_tolerance(v.dtype)
+            w = bjorck(v.to(_compute_dtype(v.dtype)), iterations=self.max_iterations, tol=tol,
+                       order=self.order).to(v.dtype)
+            if not self.training:
+                self._cache_key, self._cache = _version_key(v), w.detach()
+            return w
+        # retract mode
+        if self._cache_key == _version_key(v):
+            return v if self.training else self._cache
+        q = self.orthonormalize(v)
+        if self.training:
+            with torch.no_grad():
+                v.copy_(q)  # retraction of the stored parameter onto the manifold
+            self._cache_key, self._cache = _version_key(v), v.detach()
+            return v
+        self._cache_key, self._cache = _version_key(v), q
+        return q
+
+    def right_inverse(self, w: Tensor) -> Tensor:
+        """Any full-rank weight is accepted; it is orthonormalized at the next forward."""
+        return w
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, tol={self.tol}, max_iterations={self.max_iterations}, order={self.order}"
+
+
+class SpectralNormalized(nn.Module):
+    r"""Parametrization ``W = V / σ(V)`` with σ estimated by power iteration.
+
+    In training, each forward runs power iterations from the persistent vector ``u`` (a
+    buffer, so it is saved, synchronised by DDP and restored) until σ changes by less than
+    ``tol`` relative, at most ``max_iterations`` (1–2 usually suffice because V moves little
+    per step). σ is treated as a constant in backward only if ``detach_sigma``; by default
+    the gradient flows through σ = uᵀVv as in Miyato et al. In eval no iteration runs per
+    forward: the normalized weight is computed once per parameter version and cached.
+
+    Power iteration converges to σ from below, so ‖W‖₂ can exceed 1 by the estimate's error;
+    certificates use the exact norm of the weight actually used (see ``lipschitz_bound``).
+    """
+
+    def __init__(self, shape: torch.Size, tol: float = 1e-7, max_iterations: int = 50,
+                 detach_sigma: bool = False, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        if len(shape) != 2:
+            raise ValueError(f"SpectralNormalized expects a 2-D weight shape, got {tuple(shape)}")
+        if max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        self.tol = tol
+        self.max_iterations = max_iterations
+        self.detach_sigma = detach_sigma
+        u = torch.randn(shape[0], generator=generator)
+        self.register_buffer("u", u / u.norm())
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[Tensor] = None
+
+    def _sigma(self, v: Tensor, update: bool) -> Tensor:
+        dtype = _compute_dtype(v.dtype)
+        sigma, u, vec = power_iteration(v.detach().to(dtype), self.u.to(dtype), self.max_iterations, self.tol)
+        if update:
+            with torch.no_grad():
+                self.u.copy_(u.to(self.u.dtype))
+        if self.detach_sigma:
+            return sigma.to(v.dtype)
+        return (u.to(v.dtype) @ v @ vec.to(v.dtype))  # differentiable σ = uᵀVv
+
+    def forward(self, v: Tensor) -> Tensor:
+        if v.dim() != 2:
+            raise ValueError(f"SpectralNormalized expects a 2-D weight, got shape {tuple(v.shape)}")
+        if self.training:
+            return v / self._sigma(v, update=True)
+        key = _version_key(v)
+        if self._cache_key != key:
+            with torch.no_grad():
+                self._cache = v / self._sigma(v, update=False)
+            self._cache_key = key
+        return self._cache
+
+    def right_inverse(self, w: Tensor) -> Tensor:
+        return w
