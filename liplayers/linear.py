@@ -103,7 +103,7 @@ class SpectralLinear(_ParametrizedLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, tol: float = 1e-7, max_iterations: int = 50) -> None:
+                 *, tol: float = 1e-10, max_iterations: int = 100) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations)
         parametrize.register_parametrization(self, "weight", param.to(self.weight.device))

@@ -82,8 +82,9 @@ class BjorckOrthonormal(nn.Module):
         self.max_iterations = max_iterations
         self.order = order
         self._probe: Optional[Tensor] = None  # persistent vector for the ‖A − I‖ estimate
-        self._cache_key: Optional[tuple] = None
+        self._cache_key: Optional[tuple] = None  # eval cache (any mode)
         self._cache: Optional[Tensor] = None
+        self._retracted_key: Optional[tuple] = None  # version of the stored parameter when last retracted
         self.last_steps = 0  # Björck steps taken by the last orthonormalization (diagnostics)
 
     # -- the algorithm -------------------------------------------------------------------
@@ -110,6 +111,8 @@ class BjorckOrthonormal(nn.Module):
     def orthonormalize(self, v: Tensor) -> Tensor:
         """Polar factor of ``v`` (2-D, (out, in)) to the tolerance, without gradient."""
         with torch.no_grad():
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError("BjorckOrthonormal: the weight contains non-finite values (NaN or Inf)")
             dtype = _compute_dtype(v.dtype)
             w = v.detach().to(dtype)
             tol = self.tol if self.tol is not None else default_tolerance(dtype)
@@ -118,7 +121,7 @@ class BjorckOrthonormal(nn.Module):
                 a = gram(w)
                 e = self._estimate(a)
                 if not math.isfinite(e):
-                    raise ValueError("BjorckOrthonormal: the weight contains non-finite values")
+                    raise ValueError("BjorckOrthonormal: orthonormalization diverged (non-finite Gram matrix)")
                 if e <= tol and steps > 0:
                     break
                 if e > 0.5:  # far from the manifold: guaranteed pre-scaling, classic steps
@@ -146,16 +149,18 @@ class BjorckOrthonormal(nn.Module):
                 self._cache_key, self._cache = _version_key(v), w.detach()
             return w
         # retract mode
-        if self._cache_key == _version_key(v):
-            return v if self.training else self._cache
-        q = self.orthonormalize(v)
+        key = _version_key(v)
         if self.training:
-            with torch.no_grad():
-                v.copy_(q)  # retraction of the stored parameter onto the manifold
-            self._cache_key, self._cache = _version_key(v), v.detach()
+            if self._retracted_key != key:
+                q = self.orthonormalize(v)
+                with torch.no_grad():
+                    v.copy_(q)  # retraction of the stored parameter onto the manifold
+                self._retracted_key = _version_key(v)
             return v
-        self._cache_key, self._cache = _version_key(v), q
-        return q
+        if self._cache_key != key:
+            self._cache = v.detach() if self._retracted_key == key else self.orthonormalize(v)
+            self._cache_key = key
+        return self._cache
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """Any full-rank weight is accepted; it is orthonormalized at the next forward."""
@@ -171,7 +176,7 @@ class SpectralNormalized(nn.Module):
     In training, each forward runs power iterations from the persistent vector ``u`` (a
     buffer, so it is saved, synchronised by DDP and restored) until σ changes by less than
     ``tol`` relative, at most ``max_iterations`` (1–2 usually suffice because V moves little
-    per step). σ is treated as a constant in backward only if ``detach_sigma``; by default
+    per step). Iterations run in float64 (they are matrix–vector products). σ is treated as a constant in backward only if ``detach_sigma``; by default
     the gradient flows through σ = uᵀVv as in Miyato et al. In eval no iteration runs per
     forward: the normalized weight is computed once per parameter version and cached.
 
@@ -179,7 +184,7 @@ class SpectralNormalized(nn.Module):
     certificates use the exact norm of the weight actually used (see ``lipschitz_bound``).
     """
 
-    def __init__(self, shape: torch.Size, tol: float = 1e-7, max_iterations: int = 50,
+    def __init__(self, shape: torch.Size, tol: float = 1e-10, max_iterations: int = 100,
                  detach_sigma: bool = False, generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
         if len(shape) != 2:
@@ -195,7 +200,9 @@ class SpectralNormalized(nn.Module):
         self._cache: Optional[Tensor] = None
 
     def _sigma(self, v: Tensor, update: bool) -> Tensor:
-        dtype = _compute_dtype(v.dtype)
+        # matrix-vector products are cheap: iterate in float64 so the stopping test is not
+        # fooled by float32 rounding of σ
+        dtype = torch.complex128 if v.is_complex() else torch.float64
         sigma, u, vec = power_iteration(v.detach().to(dtype), self.u.to(dtype), self.max_iterations, self.tol)
         if update:
             with torch.no_grad():

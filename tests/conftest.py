@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def shared_data_dir():
+    """``../shared/data`` beside the checkout, or None when absent (tests must skip)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.normpath(os.path.join(here, "..", "..", "shared", "data"))
+    return path if os.path.isdir(path) else None
