@@ -36,6 +36,7 @@ import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import get_divergence
@@ -282,21 +283,37 @@ def divergence_pgd(
     ``divergence``: ``"fisher_rao"`` (FIRE, seed 001 eq. 7), ``"kl"`` (TRADES,
     ``KL(p(x) ‖ p(x'))``) or ``"hellinger"`` (seed 001 eq. 48).  The Fisher–Rao and
     Hellinger distances are used unsquared (same maximizer as the square; the square has a
-    vanishing gradient near ``x' = x``).  All three have zero gradient at ``x' = x``, so
+    vanishing gradient near ``x' = x``).  Since ``d_FR = 4 arcsin(H/2)`` is an increasing
+    function of the Hellinger distance ``H`` and the steps use only the gradient's direction
+    per sample (sign / normalized), the FIRE and Hellinger attacks produce identical
+    iterates.  All three have zero gradient at ``x' = x``, so
     keep ``random_start=True``.  ``clean_logits`` (B, C) may be passed to save a forward
     pass.  Default ``keep_best=False`` (last iterate, as in the TRADES/FIRE reference
     training code).  Other arguments as in :func:`pgd`.
     """
-    div = get_divergence(divergence)
+    get_divergence(divergence)  # validates the name
     if clean_logits is None:
         with torch.no_grad():
             clean_logits = model(x.detach())
     target = clean_logits.detach()
+    if target.dim() != 2 or target.shape[0] != x.shape[0]:
+        raise ValueError(f"clean logits must have shape (B, C) with B={x.shape[0]}, got {tuple(target.shape)}")
     if not bool(torch.isfinite(target).all()):
         raise ValueError("the model's clean logits contain non-finite values")
+    # the clean side is constant during the attack: precompute it once
+    log_p = F.log_softmax(target, dim=-1)
+    if divergence == "kl":
+        p = log_p.exp()
 
-    def objective(logits_adv: Tensor) -> Tensor:
-        return div(target, logits_adv, validate=False)
+        def objective(logits_adv: Tensor) -> Tensor:  # KL(p(x) || p(x'))
+            return (p * (log_p - F.log_softmax(logits_adv, dim=-1))).sum(-1)
+    else:
+        sqrt_p = torch.exp(0.5 * log_p)
+        fisher = divergence == "fisher_rao"
+
+        def objective(logits_adv: Tensor) -> Tensor:  # d_FR = 4 asin(H/2), H = ||sqrt p - sqrt q||
+            h = torch.linalg.vector_norm(sqrt_p - torch.exp(0.5 * F.log_softmax(logits_adv, dim=-1)), dim=-1)
+            return 4.0 * torch.asin((h / 2).clamp(0.0, 1.0)) if fisher else h
 
     return pgd(model, x, objective, eps, norm=norm, steps=steps, step_size=step_size,
                random_start=random_start, domain=domain, generator=generator, keep_best=keep_best)

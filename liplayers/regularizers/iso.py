@@ -71,6 +71,15 @@ Estimators
   negative for an individual draw.  With ``squared=False`` the randomized value is
   ``ε²·√max(U, 0)``: consistent as ``k → ∞`` but **not** unbiased (Jensen).
   Cost ≈ ``1 + k`` forward passes plus their backward, independent of the number of classes.
+* ``deviation="gaussian"`` measures ``A = J_μJ_μᵀ − K²P_μ`` by
+  ``Q(A) = E_g[(gᵀAg)²] = (tr A)² + 2‖A‖²_F`` (``g ~ N(0, I_{m+1})``; ``gᵀ J_μJ_μᵀ g`` is
+  ``‖J_μᵀg‖²``, so ``Q`` is the mean squared error of the length condition over Gaussian
+  output directions).  Since ``rank A ≤ m``, ``2‖A‖²_F ≤ Q ≤ (m+2)‖A‖²_F``: the same
+  minimizers as the Frobenius form.  Its square needs only **one** probe: for Gaussian
+  ``v``, ``u = J_μv ~ N(0, M)`` with ``M = J_μJ_μᵀ``, and
+  ``E‖u‖⁴ = (tr M)² + 2‖M‖²_F`` gives the unbiased single-probe estimator
+  ``‖u‖⁴ − 2 tr C ‖u‖² − 4 uᵀCu + (tr C)² + 2‖C‖²_F`` of ``Q`` (averaged over
+  ``k ≥ 1`` probes).  One JVP (no vmap) is the cheapest training step of all the variants.
 
 Both estimators (like :mod:`torch.func` in general) assume the model treats samples
 independently (no batch-statistics coupling such as BatchNorm in training mode).
@@ -171,26 +180,38 @@ def _probes(shape, k, probe, generator, dtype, device):
     raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
 
 
+def _check_int(name: str, k, low: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {k!r}")
+    return k
+
+
 def _jvp_probes(model, x, k, probe, generator):
     """u_i = J_μ v_i for k independent probes: returns (mu (B,C), u (k,B,C), logits (B,C))."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"num_probes must be an int >= 2 (the unbiased U-statistic needs two "
-                         f"independent probes), got {k!r}")
     V = _probes(x.shape, k, probe, generator, x.dtype, x.device)
 
     def one(v: Tensor):
         return jvp(lambda z: _mu_and_logits(model, z), (x,), (v,), has_aux=True)
 
+    if k == 1:  # plain jvp: avoids vmap's overhead
+        mu, u, logits = one(V[0])
+        return mu, u.unsqueeze(0), logits
     # the primal (mu, logits) does not depend on the probe: computed once, not k times
     mu, u, logits = vmap(one, out_dims=(None, 0, None))(V)
     return mu, u, logits
 
 
-def _u_statistic(mu: Tensor, u: Tensor, K: float) -> Tensor:
-    """Unbiased estimate of ||J J^T - K^2 (I - mu mu^T/4)||_F^2 from u (k, B, C); shape (B,)."""
-    k, C = u.shape[0], mu.shape[1]
+def _target_traces(mu: Tensor, K: float):
+    """tr C and ||C||_F^2 for C = K^2 (I - mu mu^T/4): (K^2 m, K^4 m) up to rounding; (B,) each."""
     s = (mu * mu).sum(1) / 4  # = 1 up to rounding
-    c_norm2 = K ** 4 * (C - 2 * s + s * s)  # ||K^2 (I - mu mu^T/4)||_F^2  (= K^4 m)
+    n = mu.shape[1]
+    return K * K * (n - s), K ** 4 * (n - 2 * s + s * s)
+
+
+def _u_statistic(mu: Tensor, u: Tensor, K: float) -> Tensor:
+    """Unbiased estimate of ||J J^T - C||_F^2 from u (k>=2, B, C), any probes with E[vv^T]=I; (B,)."""
+    k = u.shape[0]
+    _, c_norm2 = _target_traces(mu, K)
     G = torch.einsum("ibc,jbc->bij", u, u)  # (B, k, k) Gram matrix of the probe images
     diag = torch.diagonal(G, dim1=1, dim2=2)  # (B, k) = |u_i|^2
     mean_off = (G.pow(2).sum((1, 2)) - diag.pow(2).sum(1)) / (k * (k - 1))
@@ -199,26 +220,53 @@ def _u_statistic(mu: Tensor, u: Tensor, K: float) -> Tensor:
     return mean_off - (2.0 / k) * uCu.sum(1) + c_norm2
 
 
+def _gaussian_moment(mu: Tensor, u: Tensor, K: float) -> Tensor:
+    """Unbiased estimate of (tr A)^2 + 2||A||_F^2, A = J J^T - C, from Gaussian-probe images u (k>=1, B, C).
+
+    For u ~ N(0, M): E|u|^4 = (tr M)^2 + 2||M||_F^2, E|u|^2 = tr M, E[u^T C u] = <C, M>, hence
+    E[|u|^4 - 2 trC |u|^2 - 4 u^T C u] + (trC)^2 + 2||C||_F^2 = (tr A)^2 + 2||A||_F^2.
+    """
+    trC, c_norm2 = _target_traces(mu, K)
+    n2 = u.pow(2).sum(-1)  # (k, B)
+    muu = torch.einsum("bc,ibc->ib", mu, u)
+    uCu = K * K * (n2 - muu.pow(2) / 4)
+    q = n2.pow(2) - 2 * trC * n2 - 4 * uCu
+    return q.mean(0) + trC * trC + 2 * c_norm2
+
+
 def _safe_sqrt(v: Tensor) -> Tensor:
     """sqrt(max(v, 0)) with a zero gradient where v <= 0 (no inf/nan)."""
     pos = v > 0
     return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
 
 
-def _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe):
+def _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe, deviation="frobenius"):
     _check_x(x)
     _check_positive("epsilon", epsilon)
+    if deviation not in ("frobenius", "gaussian"):
+        raise ValueError(f"deviation must be 'frobenius' or 'gaussian', got {deviation!r}")
     if estimator == "exact":
         J, logits = sqrt_prob_jacobian(model, x, return_logits=True)
         K = _scale(epsilon, scale, logits.shape[1])
         mu = sphere_coordinates(logits, validate=False)
-        D = J @ J.transpose(1, 2) - _target(mu, K)
-        sq = (D * D).sum((1, 2))
+        A = J @ J.transpose(1, 2) - _target(mu, K)
+        sq = (A * A).sum((1, 2))
+        if deviation == "gaussian":
+            sq = torch.diagonal(A, dim1=1, dim2=2).sum(1).pow(2) + 2 * sq
     elif estimator == "randomized":
+        if probe is None:
+            probe = "rademacher" if deviation == "frobenius" else "gaussian"
+        if deviation == "frobenius":
+            _check_int("num_probes (the unbiased U-statistic needs two independent probes)", num_probes, 2)
+        else:
+            _check_int("num_probes", num_probes, 1)
+            if probe != "gaussian":
+                raise ValueError("deviation='gaussian' needs probe='gaussian' (its unbiased estimator uses "
+                                 "the Gaussian fourth-moment identity)")
         mu, u, logits = _jvp_probes(model, x, num_probes, probe, generator)
         _check_logits(logits, x.shape[0])
         K = _scale(epsilon, scale, logits.shape[1])
-        sq = _u_statistic(mu, u, K)
+        sq = _u_statistic(mu, u, K) if deviation == "frobenius" else _gaussian_moment(mu, u, K)
     else:
         raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
     eps2 = float(epsilon) ** 2
@@ -237,7 +285,8 @@ def iso_penalty(
     generator: Optional[torch.Generator] = None,
     *,
     squared: bool = False,
-    probe: str = "rademacher",
+    deviation: str = "frobenius",
+    probe: Optional[str] = None,
 ) -> Tensor:
     r"""ISO partial-isometry penalty ``α(x, F) = ε²‖J_μJ_μᵀ − K²(I − μμᵀ/4)‖_F`` per sample, ``(B,)``.
 
@@ -254,12 +303,20 @@ def iso_penalty(
         generator: :class:`torch.Generator` for the probes (determinism).
         squared: return ``α²`` instead of ``α``.  The randomized estimate of ``α²`` is
             unbiased (may be negative for one draw); that of ``α`` is only consistent.
-        probe: ``"rademacher"`` (lower variance) or ``"gaussian"``; both have ``E[vvᵀ] = I``.
+        deviation: how the deviation ``A = J_μJ_μᵀ − K²P_μ`` is measured:
+            ``"frobenius"`` (default, seed eq. 14): ``α = ε²‖A‖_F``;
+            ``"gaussian"``: ``α = ε²·(E_g[(gᵀAg)²])^{1/2} = ε²·((tr A)² + 2‖A‖²_F)^{1/2}``
+            with ``g ~ N(0, I_{m+1})`` — an equivalent norm
+            (``√2‖A‖_F ≤ · ≤ √(m+2)‖A‖_F``, zero iff ``A = 0``) whose square has an
+            unbiased estimator from a **single** Gaussian JVP (``num_probes ≥ 1``), the
+            cheapest option (see the module docstring).
+        probe: ``"rademacher"`` or ``"gaussian"`` (both ``E[vvᵀ] = I``); default Rademacher
+            for ``"frobenius"`` (lower variance), Gaussian (required) for ``"gaussian"``.
 
     Returns:
         Tensor ``(B,)``, differentiable w.r.t. the model parameters.
     """
-    return _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe)[0]
+    return _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe, deviation)[0]
 
 
 def iso_penalty_stereographic(
@@ -327,7 +384,7 @@ class ISOLoss(nn.Module):
     r"""``(1 − η)·CE(F(x), y) + η·α(x, F)`` (seed 000 eq. 15) with ``η`` from :func:`iso_schedule`.
 
     Args:
-        epsilon, scale, estimator, num_probes, squared, probe: as in :func:`iso_penalty`.
+        epsilon, scale, estimator, num_probes, squared, deviation, probe: as in :func:`iso_penalty`.
         eta: fixed ``η ∈ [0, 1]``; if ``None`` (default) ``η`` follows the geometric schedule
             between ``eta_min`` and ``eta_max`` over ``num_epochs`` — call
             :meth:`set_epoch` at the start of each epoch (0-based).
@@ -351,7 +408,8 @@ class ISOLoss(nn.Module):
         estimator: str = "exact",
         num_probes: int = 2,
         squared: bool = False,
-        probe: str = "rademacher",
+        deviation: str = "frobenius",
+        probe: Optional[str] = None,
         reduction: str = "mean",
         generator: Optional[torch.Generator] = None,
     ):
@@ -367,7 +425,9 @@ class ISOLoss(nn.Module):
             raise ValueError(f"eta must lie in [0, 1], got {eta}")
         iso_schedule(0, num_epochs, eta_min, eta_max)  # validates
         self.epsilon, self.scale, self.estimator = float(epsilon), scale, estimator
-        self.num_probes, self.squared, self.probe = num_probes, squared, probe
+        if deviation not in ("frobenius", "gaussian"):
+            raise ValueError(f"deviation must be 'frobenius' or 'gaussian', got {deviation!r}")
+        self.num_probes, self.squared, self.probe, self.deviation = num_probes, squared, probe, deviation
         self.eta_fixed, self.eta_min, self.eta_max, self.num_epochs = eta, eta_min, eta_max, num_epochs
         self.reduction, self.generator = reduction, generator
         self.epoch = 0
@@ -387,7 +447,7 @@ class ISOLoss(nn.Module):
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         alpha, logits = _iso(model, x, self.epsilon, self.scale, self.estimator, self.num_probes,
-                             self.generator, self.squared, self.probe)
+                             self.generator, self.squared, self.probe, self.deviation)
         ce = F.cross_entropy(logits, y, reduction="none")
         eta = self.eta
         loss = (1 - eta) * ce + eta * alpha
