@@ -221,7 +221,7 @@ def test_linf_margin_constant_is_tight_and_seed_constant_is_not_sound():
     x = torch.tensor([[0.3, 0.0]], dtype=torch.float64)
     logits = layer(x)
     r = float(certified_radius_linf(logits, K)[0])
-    assert r == pytest.approx(0.3, rel=1e-9) and r <= 0.3
+    assert r == pytest.approx(0.3, rel=1e-5) and r <= 0.3
     # the seed's condition M > Kε/2 would certify ε = 1.1 (M = 0.6 > 0.55): the attack breaks it
     eps = 1.1
     assert float(logits[0, 0] - logits[0, 1]) > K * eps / 2
@@ -290,6 +290,7 @@ def test_certified_radius_linf_last_layer_and_binary():
     # binary single logit: |f|/K, 0 when misclassified
     f = torch.tensor([0.5, -0.2, 0.1])
     r = certified_radius_linf(f, 2.0, torch.tensor([1, 0, 0]))
-    assert torch.allclose(r, torch.tensor([0.25, 0.1, 0.0]), atol=1e-6)
+    assert torch.allclose(r, torch.tensor([0.25, 0.1, 0.0], dtype=torch.float64), atol=1e-4)
+    assert bool((r <= torch.tensor([0.25, 0.1, 0.0], dtype=torch.float64)).all())
     with pytest.raises(ValueError, match="linf_lipschitz"):
         certified_radius_linf(f, 0.0)
