@@ -1,0 +1,418 @@
+r"""Per-sample certificates, certified accuracy over a data set, and its plot.
+
+* :func:`certify` — (prediction, certified radius) of each input, from the model's eval-mode
+  logits and a guaranteed Lipschitz bound (generic margin certificate, and by default also
+  the tighter last-linear-layer certificate when the model ends with a linear layer; both
+  are sound, so the larger radius is returned).
+* :func:`certified_accuracy` — clean accuracy and, for each ε, the fraction of samples that
+  are correctly classified **and** have radius ≥ ε.
+* :func:`plot_certified_accuracy` — certified accuracy vs ε (matplotlib, imported lazily).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..lipschitz import UnboundedModuleError
+from .bounds import lipschitz_bound
+from .margins import (
+    _positive,
+    certified_radius,
+    certified_radius_last_layer,
+    normalize_norm,
+    predict_from_logits,
+)
+
+__all__ = [
+    "certify",
+    "certified_accuracy",
+    "CertifiedAccuracy",
+    "plot_certified_accuracy",
+    "split_last_linear",
+    "Certifier",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+def split_last_linear(model: nn.Module) -> Optional[Tuple[nn.Module, nn.Linear]]:
+    """``(body, last)`` if ``model`` is a (nested) ``nn.Sequential`` ending with an ``nn.Linear``.
+
+    ``body`` is a plain ``nn.Sequential`` of the preceding modules (shared, not copied), so
+    that ``model(x) == last(body(x))``. Linear subclasses that override ``forward`` and
+    Sequential subclasses that override ``forward`` are not split. Returns ``None`` otherwise.
+    """
+    if isinstance(model, nn.Linear):
+        return (nn.Sequential(), model) if type(model).forward is nn.Linear.forward else None
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward and len(model) > 0:
+        inner = split_last_linear(model[-1])
+        if inner is None:
+            return None
+        tail, last = inner
+        mods = list(model)[:-1] + (list(tail) if len(tail) else [])
+        return nn.Sequential(*mods), last
+    return None
+
+
+def _used_weight(layer: nn.Linear) -> Tensor:
+    """The weight a linear layer uses in eval mode (the caller has put it in eval)."""
+    if hasattr(layer, "eval_weight"):
+        return layer.eval_weight().detach()
+    with torch.no_grad():
+        return layer.weight.detach().clone()
+
+
+def _check_x(x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise ValueError("x must be a floating-point tensor of shape (B, ...)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains non-finite values")
+    return x
+
+
+class Certifier:
+    """Computes the Lipschitz bounds of ``model`` once and certifies batches of inputs.
+
+    Args:
+        model: the classifier (logits (B, C) or one binary logit (B,) / (B, 1)).
+        input_shape: shape of one input without batch (for the bound and for ``"linf"``).
+        norm: ``"l2"`` or ``"linf"`` (see :func:`~liplayers.certify.certified_radius`).
+        lipschitz: a known guaranteed L2 bound of the whole model; computed if ``None``.
+        last_layer: ``"auto"`` (use the last-linear-layer certificate too when the model is a
+            Sequential ending with ``nn.Linear`` and its body is boundable), ``True``
+            (required; ``ValueError`` if impossible) or ``False``.
+        rtol: floating-point allowance of the logits (see ``certified_radius``).
+        allow_hooks: see :func:`~liplayers.certify.check_boundable`.
+
+    The bounds reflect the weights at construction time: build a new Certifier after
+    changing the weights (the module-level functions always do).
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], *, norm: str = "l2",
+                 lipschitz: Optional[float] = None, last_layer: Union[bool, str] = "auto",
+                 rtol: Optional[float] = None, allow_hooks: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if last_layer not in (True, False, "auto"):
+            raise ValueError(f"last_layer must be True, False or 'auto', got {last_layer!r}")
+        self.model = model
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_dim = int(math.prod(self.input_shape))
+        self.norm = normalize_norm(norm)
+        self.rtol = rtol
+        self.binary: Optional[bool] = None  # known after the first call (single-logit model?)
+        was_training = model.training
+        model.eval()
+        try:
+            if lipschitz is None:
+                self.lipschitz = lipschitz_bound(model, self.input_shape, allow_hooks=allow_hooks)
+            else:
+                self.lipschitz = float(_positive(lipschitz, "lipschitz", allow_tensor=False))
+            self.last_weight: Optional[Tensor] = None
+            self.lipschitz_body: Optional[float] = None
+            if last_layer:
+                split = split_last_linear(model)
+                if split is None:
+                    if last_layer is True:
+                        raise ValueError("last_layer=True needs a model that is an nn.Sequential ending with an "
+                                         f"nn.Linear; got {type(model).__name__}")
+                else:
+                    body, lin = split
+                    try:
+                        lb = lipschitz_bound(body, self.input_shape, allow_hooks=allow_hooks)
+                    except UnboundedModuleError:
+                        if last_layer is True:
+                            raise
+                        lb = None
+                    if lb is not None and lb > 0:
+                        self.lipschitz_body = lb
+                        self.last_weight = _used_weight(lin)
+        finally:
+            model.train(was_training)
+        if self.lipschitz <= 0 or not math.isfinite(self.lipschitz):
+            raise ValueError(f"the Lipschitz bound must be finite and > 0, got {self.lipschitz}")
+
+    def radius(self, logits: Tensor) -> Tensor:
+        """(B,) float64 certified radii of the predictions encoded by ``logits``."""
+        r = certified_radius(logits, self.lipschitz, self.norm, input_dim=self.input_dim, rtol=self.rtol)
+        if self.last_weight is not None:
+            r_last = certified_radius_last_layer(logits, self.last_weight.to(logits.device), self.lipschitz_body,
+                                                 self.norm, input_dim=self.input_dim, rtol=self.rtol)
+            r = torch.maximum(r, r_last)
+        return r
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, batch_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``(prediction (B,) int64, radius (B,) float64)`` for inputs ``x`` (B, *input_shape)."""
+        _check_x(x)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"x has per-sample shape {tuple(x.shape[1:])}, expected {self.input_shape}")
+        bs = x.shape[0] if not batch_size else int(batch_size)
+        was_training = self.model.training
+        self.model.eval()
+        preds, radii = [], []
+        try:
+            for start in range(0, x.shape[0], max(bs, 1)):
+                logits = self.model(x[start:start + bs])
+                self.binary = logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)
+                preds.append(predict_from_logits(logits))
+                radii.append(self.radius(logits))
+        finally:
+            self.model.train(was_training)
+        if not preds:
+            return (torch.empty(0, dtype=torch.int64, device=x.device),
+                    torch.empty(0, dtype=torch.float64, device=x.device))
+        return torch.cat(preds), torch.cat(radii)
+
+
+def certify(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    norm: str = "l2",
+    lipschitz: Optional[float] = None,
+    last_layer: Union[bool, str] = "auto",
+    rtol: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    allow_hooks: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    r"""Prediction and certified radius of each input.
+
+    The model is evaluated in eval mode (restored afterwards) with its current weights; the
+    Lipschitz bound is :func:`~liplayers.certify.lipschitz_bound` of that same eval-mode
+    function unless ``lipschitz`` is given (then it must be a guaranteed L2 bound).
+
+    Args:
+        model: classifier mapping (B, ...) to logits (B, C) or one binary logit (B,) / (B, 1).
+        x: inputs (B, ...).
+        norm: ``"l2"`` or ``"linf"`` (r∞ = r₂ / √n with n = x[0].numel()).
+        lipschitz, last_layer, rtol, allow_hooks: see :class:`Certifier`.
+        batch_size: forward the inputs in chunks of this size (default: all at once).
+
+    Returns:
+        ``(prediction, radius)``: (B,) int64 classes and (B,) float64 radii ≥ 0 such that every
+        x′ with ‖x′ − x‖ ≤ radius (in ``norm``) gets the same prediction.
+    """
+    _check_x(x)
+    cert = Certifier(model, tuple(x.shape[1:]), norm=norm, lipschitz=lipschitz, last_layer=last_layer,
+                     rtol=rtol, allow_hooks=allow_hooks)
+    return cert(x, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CertifiedAccuracy:
+    """Result of :func:`certified_accuracy`.
+
+    Attributes:
+        eps: the radii asked for (input units of ``norm``).
+        certified_accuracy: fraction of samples correctly classified with radius ≥ ε, per ε.
+        clean_accuracy: fraction of samples correctly classified.
+        n: number of samples.
+        norm: threat norm.
+        lipschitz: the Lipschitz bound used (of the whole model).
+        radii: (n,) float64 certified radius of each sample's prediction (CPU).
+        correct: (n,) bool, prediction == label (CPU).
+    """
+
+    eps: Tuple[float, ...]
+    certified_accuracy: Tuple[float, ...]
+    clean_accuracy: float
+    n: int
+    norm: str
+    lipschitz: float
+    radii: Tensor = field(repr=False)
+    correct: Tensor = field(repr=False)
+
+    def at(self, eps: float) -> float:
+        """Certified accuracy at any ε ≥ 0 (from the stored radii)."""
+        e = _check_eps([eps])[0]
+        if self.n == 0:
+            return float("nan")
+        return float((self.correct & (self.radii >= e)).double().mean())
+
+    def curve(self, eps: Union[Sequence[float], Tensor]) -> Tensor:
+        """Certified accuracy at each ε of ``eps`` (float64 tensor)."""
+        es = _check_eps(list(torch.as_tensor(eps, dtype=torch.float64).reshape(-1).tolist()))
+        return torch.tensor([self.at(e) for e in es], dtype=torch.float64)
+
+    def as_dict(self) -> dict:
+        """``{"clean": acc, eps₁: acc₁, ...}`` plus n, norm and lipschitz."""
+        d = {"clean": self.clean_accuracy, "n": self.n, "norm": self.norm, "lipschitz": self.lipschitz}
+        d.update({e: a for e, a in zip(self.eps, self.certified_accuracy)})
+        return d
+
+    def __str__(self) -> str:
+        head = f"clean accuracy {self.clean_accuracy:.4f} (n={self.n}, {self.norm}, L={self.lipschitz:.6g})"
+        rows = [f"  eps={e:<10.6g} certified accuracy {a:.4f}" for e, a in zip(self.eps, self.certified_accuracy)]
+        return "\n".join([head] + rows)
+
+
+def _check_eps(eps) -> Tuple[float, ...]:
+    if isinstance(eps, Tensor):
+        eps = eps.detach().reshape(-1).tolist()
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        eps = [eps]
+    try:
+        vals = tuple(float(e) for e in eps)
+    except TypeError as exc:
+        raise TypeError(f"eps must be a float or a sequence of floats, got {type(eps).__name__}") from exc
+    for e in vals:
+        if not math.isfinite(e) or e < 0:
+            raise ValueError(f"eps values must be finite and >= 0, got {e!r}")
+    return vals
+
+
+def _batches(data, batch_size: int) -> Iterator[Tuple[Tensor, Tensor]]:
+    """(x, y) batches from an (x, y) pair of tensors or an iterable of (x, y, ...) batches."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y have different lengths: {x.shape[0]} vs {y.shape[0]}")
+        for s in range(0, x.shape[0], batch_size):
+            yield x[s:s + batch_size], y[s:s + batch_size]
+        return
+    if not isinstance(data, Iterable):
+        raise TypeError("data must be an (x, y) pair of tensors or an iterable of (x, y) batches (e.g. a DataLoader)")
+    for item in data:
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError("each batch of data must be a tuple (x, y, ...)")
+        yield item[0], item[1]
+
+
+def _labels(y: Tensor, binary: bool) -> Tensor:
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dim() != 1:
+        raise ValueError("labels must be an integer tensor of shape (B,)")
+    y = y.to(torch.int64)
+    if binary:
+        return (y > 0).to(torch.int64)  # {0, 1} or {-1, +1}
+    return y
+
+
+def certified_accuracy(
+    model: nn.Module,
+    data,
+    eps: Union[float, Sequence[float]] = (0.0,),
+    *,
+    norm: str = "l2",
+    lipschitz: Optional[float] = None,
+    last_layer: Union[bool, str] = "auto",
+    rtol: Optional[float] = None,
+    batch_size: int = 256,
+    device: Optional[Union[str, torch.device]] = None,
+    allow_hooks: bool = False,
+) -> CertifiedAccuracy:
+    r"""Clean accuracy and certified accuracy at each ε.
+
+    A sample counts as certified at ε only if it is correctly classified **and** its
+    certified radius (see :func:`certify`) is ≥ ε. The Lipschitz bound is computed once,
+    from the first batch's input shape.
+
+    Args:
+        model: classifier (logits (B, C), or a single binary logit with labels in {0, 1} or
+            {−1, +1}).
+        data: ``(x, y)`` tensors, or an iterable of ``(x, y, ...)`` batches (a DataLoader).
+        eps: radius or radii (input units of ``norm``), finite and ≥ 0.
+        norm, lipschitz, last_layer, rtol, allow_hooks: see :func:`certify`.
+        batch_size: chunk size when ``data`` is a pair of tensors.
+        device: move each batch there (default: leave it where it is).
+
+    Returns:
+        A :class:`CertifiedAccuracy`.
+    """
+    eps_t = _check_eps(eps)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    cert: Optional[Certifier] = None
+    radii, correct = [], []
+    for xb, yb in _batches(data, batch_size):
+        if device is not None:
+            xb, yb = xb.to(device), yb.to(device)
+        _check_x(xb)
+        if cert is None:
+            cert = Certifier(model, tuple(xb.shape[1:]), norm=norm, lipschitz=lipschitz, last_layer=last_layer,
+                             rtol=rtol, allow_hooks=allow_hooks)
+        pred, rad = cert(xb)
+        yb = _labels(yb, bool(cert.binary)).to(pred.device)
+        if yb.shape[0] != pred.shape[0]:
+            raise ValueError(f"a batch has {pred.shape[0]} inputs but {yb.shape[0]} labels")
+        correct.append((pred == yb).cpu())
+        radii.append(rad.cpu())
+    if cert is None:
+        raise ValueError("data is empty")
+    r = torch.cat(radii)
+    c = torch.cat(correct)
+    n = int(r.shape[0])
+    clean = float(c.double().mean()) if n else float("nan")
+    accs = tuple(float((c & (r >= e)).double().mean()) if n else float("nan") for e in eps_t)
+    return CertifiedAccuracy(eps=eps_t, certified_accuracy=accs, clean_accuracy=clean, n=n, norm=cert.norm,
+                             lipschitz=cert.lipschitz, radii=r, correct=c)
+
+
+# ---------------------------------------------------------------------------------------------
+def plot_certified_accuracy(
+    results: Union[CertifiedAccuracy, Mapping[str, CertifiedAccuracy]],
+    *,
+    ax=None,
+    eps_max: Optional[float] = None,
+    num: int = 200,
+    label: Optional[str] = None,
+    **plot_kwargs,
+):
+    """Plot certified accuracy as a function of ε (a step curve from the stored radii).
+
+    Args:
+        results: one :class:`CertifiedAccuracy`, or a mapping label → result (one curve each).
+        ax: matplotlib Axes to draw on (default: a new figure).
+        eps_max: right end of the ε axis (default: 1.05 × the largest finite radius of a
+            correct sample, or the largest ε asked for).
+        num: number of ε values on the curve.
+        label: legend label for a single result.
+        plot_kwargs: passed to ``ax.plot``.
+
+    Returns:
+        The matplotlib Axes. Raises ``ImportError`` with an install hint if matplotlib is
+        missing (it is an optional extra: ``pip install liplayers[examples]``).
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plot_certified_accuracy needs matplotlib, an optional dependency: "
+                          "pip install matplotlib (or liplayers[examples])") from exc
+    if isinstance(results, CertifiedAccuracy):
+        curves = {label: results}
+    elif isinstance(results, Mapping) and all(isinstance(v, CertifiedAccuracy) for v in results.values()):
+        curves = dict(results)
+    else:
+        raise TypeError("results must be a CertifiedAccuracy or a mapping label -> CertifiedAccuracy")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise ValueError(f"num must be an int >= 2, got {num!r}")
+    if eps_max is None:
+        top = 0.0
+        for res in curves.values():
+            ok = res.radii[res.correct & torch.isfinite(res.radii)]
+            if ok.numel():
+                top = max(top, float(ok.max()))
+            if res.eps:
+                top = max(top, max(res.eps))
+        eps_max = 1.05 * top if top > 0 else 1.0
+    elif not (math.isfinite(eps_max) and eps_max > 0):
+        raise ValueError(f"eps_max must be finite and > 0, got {eps_max!r}")
+    if ax is None:
+        _, ax = plt.subplots()
+    grid = torch.linspace(0.0, float(eps_max), num, dtype=torch.float64)
+    for name, res in curves.items():
+        ax.plot(grid.numpy(), res.curve(grid).numpy(), label=name, drawstyle="steps-post", **plot_kwargs)
+        if res.eps:
+            ax.scatter(list(res.eps), list(res.certified_accuracy), s=12)
+    unit = "L2" if next(iter(curves.values())).norm == "l2" else "L∞"
+    ax.set_xlabel(f"ε ({unit} radius)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlim(0.0, float(eps_max))
+    if any(k is not None for k in curves):
+        ax.legend()
+    return ax
