@@ -84,11 +84,13 @@ def fisher_eigendecomposition(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tens
     (input space, ``n = x[0].numel()`` flattened features). The eigenvectors with non-zero
     eigenvalue form an orthonormal basis of ``D_x`` (seed 000 eq. 4); the top one is the input
     direction that moves the prediction fastest in Fisher–Rao distance. Not meant for
-    backpropagation (SVD gradients are unstable at repeated singular values).
+    backpropagation (SVD gradients are unstable at repeated singular values): the results are
+    detached.
     """
     _check_x(x)
-    J = sqrt_prob_jacobian(model, x)
-    _, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    with torch.no_grad():
+        J = sqrt_prob_jacobian(model, x.detach())
+        _, S, Vh = torch.linalg.svd(J, full_matrices=False)
     return S * S, Vh.transpose(1, 2)
 
 
@@ -100,13 +102,16 @@ def data_rank(model: nn.Module, x: Tensor, rtol: Optional[float] = None) -> Tens
     ``≤ min(C − 1, n)`` in exact arithmetic; a sample whose prediction is saturated (``p`` a
     vertex to float precision, ``J_μ = 0``) has rank 0.
     """
-    ev = fisher_spectrum(model, x).detach()
-    C = ev.shape[1]
-    if rtol is None:
-        rtol = C * torch.finfo(ev.dtype).eps
-    if not (isinstance(rtol, (int, float)) and rtol >= 0):
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0):
         raise ValueError(f"rtol must be a non-negative number, got {rtol!r}")
-    sv = ev.sqrt()
+    _check_x(x)
+    with torch.no_grad():
+        J = sqrt_prob_jacobian(model, x.detach())
+    # singular values of J_μ directly (not √ of the eigenvalues of J_μJ_μᵀ, which squares the
+    # condition number and leaves the null eigenvalue at ~√eps relative)
+    sv = torch.linalg.svdvals(J)
+    if rtol is None:
+        rtol = J.shape[1] * torch.finfo(sv.dtype).eps
     top = sv[:, :1]
     return ((sv > rtol * top) & (top > 0)).sum(-1)
 
