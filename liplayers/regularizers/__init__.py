@@ -5,3 +5,4 @@ from .parseval import ParsevalRetraction, parseval_penalty, parseval_retraction_
 from .iso import ISOLoss, iso_penalty, iso_penalty_stereographic, iso_schedule, pullback_fisher_metric, sqrt_prob_jacobian
 from .jacobian import JacobianLoss, jacobian_penalty
 # --- Fisher spectrum (issue 9): liplayers/regularizers/fisher_spectrum.py ---
+from .fisher_spectrum import FisherEigenvalueLoss, data_rank, fisher_eigendecomposition, fisher_max_eigenvalue, fisher_spectrum
