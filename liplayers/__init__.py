@@ -10,6 +10,9 @@ from .export import export
 from .linear import BjorckLinear, SpectralLinear
 from .lipschitz import LipschitzModule, UnboundedModuleError, lipschitz_bound_of, register_lipschitz_bound
 from .parametrizations import BjorckOrthonormal, SpectralNormalized
+# --- L∞-Lipschitz layers and the Householder activation (issue 9) ---
+from .householder import HouseholderActivation
+from .linf import L1BallRows, LInfLinear, linf_lipschitz_bound_of, register_linf_lipschitz_bound
 
 __version__ = "0.1.0"
 
@@ -28,4 +31,10 @@ __all__ = [
     "UnboundedModuleError",
     "lipschitz_bound_of",
     "register_lipschitz_bound",
+    # issue 9
+    "HouseholderActivation",
+    "L1BallRows",
+    "LInfLinear",
+    "linf_lipschitz_bound_of",
+    "register_linf_lipschitz_bound",
 ]
