@@ -187,5 +187,17 @@ class SmoothedClassifier:
         pred = torch.where(ok, cand, torch.full_like(cand, ABSTAIN))
         return pred, radius
 
+    def lipschitz_bound(self, scale: str = "probit") -> float:
+        r"""L2 Lipschitz constant of the smoothed class probability (issue 9; seed 004 §1.4 asks).
+
+        ``scale="probit"``: ``x ↦ σ·Φ⁻¹(p_c(x))`` is 1-Lipschitz for every class ``c``
+        (Salman et al. 2019; tight for a half-space base classifier) — the fact behind the
+        radius ``σΦ⁻¹(p̲_A)``. ``scale="probability"``: ``x ↦ p_c(x)`` is
+        ``1/(σ√(2π))``-Lipschitz. See :func:`liplayers.certify.robustness.smoothed_lipschitz_bound`.
+        """
+        from .robustness import smoothed_lipschitz_bound
+
+        return smoothed_lipschitz_bound(self.sigma, scale)
+
     def __repr__(self) -> str:
         return f"SmoothedClassifier(sigma={self.sigma}, num_classes={self.num_classes}, base={type(self.base).__name__})"
