@@ -37,6 +37,10 @@ from .evaluation import (
 )
 from .margins import ABSTAIN, certified_radius, certified_radius_last_layer, predict_from_logits
 from .smoothing import SmoothedClassifier, clopper_pearson_lower
+# --- issue 9: L∞ margin certificates (.linf), mean certifiable robustness and the smoothed
+# classifier's Lipschitz bound (.robustness) ---
+from .linf import certified_radius_linf, certify_linf, linf_margin_condition
+from .robustness import mean_certifiable_robustness, signed_certified_radius, smoothed_lipschitz_bound
 
 __all__ = [
     "lipschitz_bound",
@@ -58,4 +62,11 @@ __all__ = [
     "clopper_pearson_lower",
     "attack_check",
     "AttackCheckReport",
+    # issue 9
+    "certified_radius_linf",
+    "certify_linf",
+    "linf_margin_condition",
+    "mean_certifiable_robustness",
+    "signed_certified_radius",
+    "smoothed_lipschitz_bound",
 ]
