@@ -64,16 +64,22 @@ def dense_relu(in_features: int, num_classes: int, width: int = 128, depth: int 
 
 
 def conv_gnp(input_shape: Sequence[int], num_classes: int, width: int, depth: int) -> nn.Module:
-    """The convolutional GNP network of :mod:`liplayers.models` (imported lazily)."""
+    """``liplayers.models.gnp_conv_net`` (imported lazily): ``depth`` stages of ``width`` channels.
+
+    Each stage is one orthogonal 3×3 convolution and a strided one (halving the resolution),
+    with MaxMin over channels; dense Björck head of 128 units.
+    """
     try:
-        from . import models  # written by the convolution work; optional here
+        from .models import gnp_conv_net  # the convolutional GNP builders (optional here)
     except ImportError as exc:
-        raise SystemExit("--arch conv needs liplayers.models (the convolutional GNP builders), which is not "
-                         f"available in this installation ({exc}); use --arch dense") from None
-    builder = getattr(models, "conv_gnp", None) or getattr(models, "ConvGNP", None)
-    if builder is None:
-        raise SystemExit("--arch conv: liplayers.models has no conv_gnp builder; use --arch dense")
-    return builder(tuple(input_shape), num_classes, width=width, depth=depth)
+        raise SystemExit("--arch conv needs liplayers.models.gnp_conv_net, which is not available in this "
+                         f"installation ({exc}); use --arch dense") from None
+    c, h, w = input_shape
+    if h != w or h % (2 ** depth):
+        raise SystemExit(f"--arch conv: a square input whose size is divisible by 2**depth is needed, got "
+                         f"{h}x{w} with depth {depth}")
+    return gnp_conv_net(in_channels=c, num_classes=num_classes, input_size=h, width=width, blocks=depth,
+                        convs_per_block=1, hidden=128)
 
 
 def make_loss(name: str, *, margin: float, alpha: float, tau: float) -> nn.Module:
@@ -157,17 +163,19 @@ def run_demo(args: argparse.Namespace, log=print) -> dict:
     num_classes = int(max(train.tensors[1].max(), y_test.max())) + 1
     eps = tuple(args.eps) if args.eps else DEFAULT_EPS[args.dataset]
     epochs = args.epochs if args.epochs is not None else (3 if quick else (30 if args.dataset == "digits" else 10))
-    width = args.width if args.width is not None else (32 if quick else 128)
-    depth = args.depth if args.depth is not None else (2 if quick else 3)
+    conv = args.arch == "conv"
+    width = args.width if args.width is not None else (8 if conv and quick else 16 if conv else 32 if quick else 128)
+    depth = args.depth if args.depth is not None else (1 if conv and quick else 2 if conv or quick else 3)
     pgd_steps = args.pgd_steps if args.pgd_steps is not None else (5 if quick else 20)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     note = MNIST_NOTE if args.dataset == "mnist" else None
 
-    if args.arch == "conv":
+    if conv:
         gnp = conv_gnp(input_shape, num_classes, width, depth)
+        base = dense_relu(in_features, num_classes, 32 if quick else 128, 2 if quick else 3)
     else:
         gnp = dense_gnp(in_features, num_classes, width, depth)
-    base = dense_relu(in_features, num_classes, width, depth)
+        base = dense_relu(in_features, num_classes, width, depth)
     loss = make_loss(args.loss, margin=args.margin, alpha=args.alpha, tau=args.tau)
     log(f"liplayers demo: {args.dataset} ({len(train)} train / {x_test.shape[0]} test images{', ' + note if note else ''}), "
         f"{args.arch} GNP width {width} depth {depth}, loss {loss!r}, {epochs} epochs")
@@ -250,8 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=None,
                       help="directory with the MNIST / Fashion-MNIST IDX .gz files (default: $LIPLAYERS_DATA)")
     demo.add_argument("--arch", choices=("dense", "conv"), default="dense")
-    demo.add_argument("--width", type=int, default=None, help="hidden width (default 128; 32 with --quick)")
-    demo.add_argument("--depth", type=int, default=None, help="number of hidden layers (default 3; 2 with --quick)")
+    demo.add_argument("--width", type=int, default=None,
+                      help="dense: hidden width (default 128; 32 with --quick); conv: channels of the first stage "
+                           "(default 16; 8 with --quick)")
+    demo.add_argument("--depth", type=int, default=None,
+                      help="dense: hidden layers (default 3; 2 with --quick); conv: stages halving the resolution "
+                           "(default 2; 1 with --quick)")
     demo.add_argument("--loss", choices=("hkr", "hinge", "tau-ce"), default="tau-ce")
     demo.add_argument("--margin", type=float, default=1.0, help="hinge / HKR margin κ in logit units (default 1.0)")
     demo.add_argument("--alpha", type=float, default=10.0, help="HKR hinge weight α (default 10)")
