@@ -32,7 +32,7 @@ def implementations(n: int) -> Dict[str, Callable[[], nn.Module]]:
     impls: Dict[str, Callable[[], nn.Module]] = {
         "nn.Linear": lambda: nn.Linear(n, n),
         "liplayers BjorckLinear": lambda: L.BjorckLinear(n, n),
-        "liplayers BjorckLinear(order=5)": lambda: L.BjorckLinear(n, n, order=5),
+        "liplayers BjorckLinear(order=3)": lambda: L.BjorckLinear(n, n, order=3),
         "liplayers BjorckLinear(differentiable)": lambda: L.BjorckLinear(n, n, mode="differentiable"),
         "liplayers SpectralLinear": lambda: L.SpectralLinear(n, n),
         "torch spectral_norm": lambda: P.spectral_norm(nn.Linear(n, n)),

@@ -47,7 +47,10 @@ class BjorckOrthonormal(nn.Module):
     The number of steps adapts: each step's Gram matrix A = WᵀW gives an estimate e of
     ‖A − I‖₂ (a few power iterations on A − I from a persistent vector, times a safety factor,
     capped by the guaranteed ‖A − I‖_F); iteration stops once the predicted error after the
-    step (:func:`~liplayers.functional.predicted_error`) is ≤ ``tol``. Far from the manifold
+    step (:func:`~liplayers.functional.predicted_error`) is ≤ ``tol``. With ``order=5`` (the
+    default) a step that a Björck step cannot finish but one tuned cubic step can is done
+    with the latter (3 products instead of 4 for two Björck steps): after an Adam step at
+    lr 1e-3 on a 1024×1024 weight (e ≈ 0.06) this is the common case. Far from the manifold
     (e > 0.5, e.g. at the first forward after loading an arbitrary weight) the weight is first
     divided by a guaranteed upper bound of its norm. The certificate never relies on this: the
     Lipschitz bound of a layer is computed from the weight it actually uses.
@@ -56,17 +59,20 @@ class BjorckOrthonormal(nn.Module):
         mode: ``"retract"`` or ``"differentiable"``.
         tol: target ‖WᵀW − I‖₂ (≈ 2 max |σ − 1|); default :func:`default_tolerance` of the dtype.
         max_iterations: cap on Björck steps per call.
-        order: 3 (Björck) or 5 (cubic step, one more product).
+        order: 3 (Björck steps only) or 5 (also the tuned cubic step when it finishes sooner).
     """
 
-    _SAFETY = 1.5  # power iteration gives a lower bound of ‖A − I‖₂; inflate it for stopping
+    # power iteration gives a lower bound of ‖A − I‖₂; inflate it for stopping. With the probe
+    # kept across calls, 8 iterations reach 96–99% of the true value after an optimizer step.
+    _SAFETY = 1.15
+    _PROBE_ITERATIONS = 8
 
     def __init__(
         self,
         mode: str = "retract",
         tol: Optional[float] = None,
         max_iterations: int = 40,
-        order: int = 3,
+        order: int = 5,
     ) -> None:
         super().__init__()
         if mode not in ("retract", "differentiable"):
@@ -98,7 +104,7 @@ class BjorckOrthonormal(nn.Module):
             self._probe = torch.randn(n, generator=g, dtype=s.dtype).to(s.device)
         v = self._probe.to(s.device)
         est = 0.0
-        for _ in range(4):
+        for _ in range(self._PROBE_ITERATIONS):
             sv = s @ v
             nrm = float(sv.norm())
             if nrm == 0.0 or not math.isfinite(nrm):
@@ -122,15 +128,20 @@ class BjorckOrthonormal(nn.Module):
                 e = self._estimate(a)
                 if not math.isfinite(e):
                     raise ValueError("BjorckOrthonormal: orthonormalization diverged (non-finite Gram matrix)")
-                if e <= tol and steps > 0:
+                if e <= tol:  # already on the manifold to the tolerance: keep it exactly
                     break
                 if e > 0.5:  # far from the manifold: guaranteed pre-scaling, classic steps
                     w = bjorck(w, iterations=1, tol=0.0, prescale=True)
                     steps += 1
                     continue
-                w = bjorck_step(w, a, order=self.order)
+                if self.order == 5 and predicted_error(e, 3) > tol and predicted_error(e, 5, tuned=True) <= tol:
+                    # one tuned cubic step (3 products) finishes where a Björck step would not
+                    w = bjorck_step(w, a, order=5, e=e)
+                    steps += 1
+                    break
+                w = bjorck_step(w, a, order=3)
                 steps += 1
-                if predicted_error(e, self.order) <= tol:
+                if predicted_error(e, 3) <= tol:
                     break
             self.last_steps = steps
             return w.to(v.dtype)

@@ -85,3 +85,14 @@ def test_bad_input_errors():
         bjorck(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="order"):
         bjorck(torch.randn(3, 3), order=4)
+
+
+@pytest.mark.parametrize("e", [0.01, 0.06, 0.2])
+def test_tuned_cubic_step_beats_taylor_and_its_prediction_holds(e):
+    q, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64))
+    s = torch.sqrt(torch.linspace(1 - e, 1 + e, 40, dtype=torch.float64))
+    w = q * s  # Gram eigenvalues fill [1 − e, 1 + e]
+    tuned = float(orthogonality_error(bjorck_step(w, order=5, e=e)))
+    taylor = float(orthogonality_error(bjorck_step(w, order=5)))
+    assert tuned <= predicted_error(e, 5, tuned=True)
+    assert tuned < 0.4 * taylor
