@@ -33,7 +33,7 @@ relative ``1e-9`` where it involves arithmetic on weights.
   Mish 1.089 (1.08850), Hardswish 1.5, SELU scale·α = 1.75810, CELU 1, Softplus 1 (its
   linear switch at βx > threshold leaves a jump ≤ log(1 + e^{−threshold})/β ≈ 2·10⁻⁹/β,
   below the floating-point margin of :func:`~liplayers.certify.certified_radius`),
-  LogSigmoid 1, Tanhshrink 1, Hardsigmoid 1/6, PReLU max(1, max|a|), RReLU (eval: slope
+  LogSigmoid 1, Tanhshrink 1, Hardsigmoid 0.1667 (torch's slope is float32(1/6), above 1/6), PReLU max(1, max|a|), RReLU (eval: slope
   (lower + upper)/2) max(1, |slope|).
 * **Constant padding and dropout variants** (eval mode: identity): 1.
 """
@@ -224,7 +224,7 @@ _register_if_absent(nn.Mish)(_const(1.089))
 _register_if_absent(nn.Hardswish)(_const(1.5))
 _register_if_absent(nn.SELU)(_const(1.0507009873554805 * 1.6732632423543772 * _ROUND))
 _register_if_absent(nn.CELU, nn.Softplus, nn.LogSigmoid, nn.Tanhshrink)(_const(1.0))
-_register_if_absent(nn.Hardsigmoid)(_const(1.0 / 6.0 * _ROUND))
+_register_if_absent(nn.Hardsigmoid)(_const(0.1667))  # torch's slope is float32(1/6) = 0.16666667
 _register_if_absent(nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad1d, nn.ZeroPad2d,
                     nn.ZeroPad3d)(_const(1.0))
 _register_if_absent(nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
