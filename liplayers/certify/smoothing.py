@@ -20,7 +20,8 @@ with p̄_B = 1 − p̲_A). The probabilities are estimated by Monte Carlo:
 
 Abstention is encoded as :data:`~liplayers.certify.ABSTAIN` (−1) with radius 0. Noise is
 drawn in batches of ``batch_size`` (samples of several inputs share a batch), from the
-given ``torch.Generator`` only: results are reproducible. scipy is imported lazily.
+given ``torch.Generator`` only: results are reproducible for a given seed *and* batch size
+(torch draws a different stream for different chunk sizes). scipy is imported lazily.
 """
 from __future__ import annotations
 
