@@ -294,3 +294,38 @@ def test_certified_radius_linf_last_layer_and_binary():
     assert bool((r <= torch.tensor([0.25, 0.1, 0.0], dtype=torch.float64)).all())
     with pytest.raises(ValueError, match="linf_lipschitz"):
         certified_radius_linf(f, 0.0)
+
+
+# ------------------------------------------------------------------ property-based and plumbing
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.lists(st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 3.0]), min_size=1, max_size=9),
+                min_size=1, max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1),
+       st.sampled_from([0.1, 1.0, 2.5]))
+def test_projection_methods_agree_on_ties_and_zeros(rows, radius):
+    v = torch.tensor(rows, dtype=torch.float64)
+    ref = project_l1_ball(v, radius, method="sort")
+    for m in ("newton", "condat"):
+        assert torch.allclose(project_l1_ball(v, radius, method=m), ref, atol=1e-12)
+    assert bool((ref.abs().sum(-1) <= radius * (1 + 1e-12)).all())
+    # non-expansive in L2 (a projection onto a convex set)
+    w = v + 0.1
+    assert bool(((project_l1_ball(w, radius) - ref).norm(dim=-1) <= (w - v).norm(dim=-1) + 1e-12).all())
+
+
+def test_linf_linear_state_dict_round_trip_and_cached():
+    a = LInfLinear(5, 3)
+    with torch.no_grad():
+        a.weight = torch.randn(3, 5) * 4
+    b = LInfLinear(5, 3)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(7, 5)
+    a.eval()
+    b.eval()
+    assert torch.equal(a(x), b(x))
+    with torch.nn.utils.parametrize.cached():
+        assert torch.equal(a(x), b(x))
+    assert a.linf_lipschitz_bound() <= 1 + 1e-6
