@@ -144,6 +144,11 @@ def test_split_last_linear_and_certify_on_liplayers_model():
     net.eval()
     assert torch.allclose(last(body(x)), net(x))
     assert split_last_linear(nn.Sequential(nn.Linear(3, 3), nn.ReLU())) is None
+    from liplayers.certify import Certifier
+
+    cert = Certifier(net, (6,))
+    assert cert.lipschitz == pytest.approx(lipschitz_bound(net, (6,)), rel=1e-12)
+    assert cert.lipschitz_body == pytest.approx(lipschitz_bound(body, (6,)), rel=1e-12)
     pred, r = certify(net, x)
     pred2, r2 = certify(net, x, last_layer=False)
     assert torch.equal(pred, pred2) and bool((r >= r2).all())

@@ -17,8 +17,9 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..containers import Sequential
 from ..lipschitz import UnboundedModuleError
-from .bounds import lipschitz_bound
+from .bounds import check_boundable, lipschitz_bound
 from .margins import (
     _positive,
     certified_radius,
@@ -55,6 +56,16 @@ def split_last_linear(model: nn.Module) -> Optional[Tuple[nn.Module, nn.Linear]]
         mods = list(model)[:-1] + (list(tail) if len(tail) else [])
         return nn.Sequential(*mods), last
     return None
+
+
+def _plain_chain(model: nn.Module) -> bool:
+    """True if ``model`` and the nested containers holding its last layer are plain
+    ``nn.Sequential`` / ``liplayers.Sequential``, whose bound is the product of their children's."""
+    if isinstance(model, nn.Linear):
+        return True
+    if type(model) not in (nn.Sequential, Sequential):
+        return False
+    return _plain_chain(model[-1])
 
 
 def _used_weight(layer: nn.Linear) -> Tensor:
@@ -107,29 +118,34 @@ class Certifier:
         was_training = model.training
         model.eval()
         try:
-            if lipschitz is None:
-                self.lipschitz = lipschitz_bound(model, self.input_shape, allow_hooks=allow_hooks)
-            else:
-                self.lipschitz = float(_positive(lipschitz, "lipschitz", allow_tensor=False))
             self.last_weight: Optional[Tensor] = None
             self.lipschitz_body: Optional[float] = None
-            if last_layer:
-                split = split_last_linear(model)
-                if split is None:
+            last_bound: Optional[float] = None
+            split = split_last_linear(model) if last_layer else None
+            if last_layer is True and split is None:
+                raise ValueError("last_layer=True needs a model that is an nn.Sequential ending with an "
+                                 f"nn.Linear; got {type(model).__name__}")
+            if split is not None:
+                body, lin = split
+                try:
+                    lb = lipschitz_bound(body, self.input_shape, allow_hooks=allow_hooks)
+                except UnboundedModuleError:
                     if last_layer is True:
-                        raise ValueError("last_layer=True needs a model that is an nn.Sequential ending with an "
-                                         f"nn.Linear; got {type(model).__name__}")
-                else:
-                    body, lin = split
-                    try:
-                        lb = lipschitz_bound(body, self.input_shape, allow_hooks=allow_hooks)
-                    except UnboundedModuleError:
-                        if last_layer is True:
-                            raise
-                        lb = None
-                    if lb is not None and lb > 0:
-                        self.lipschitz_body = lb
-                        self.last_weight = _used_weight(lin)
+                        raise
+                    lb = None
+                if lb is not None and lb > 0:
+                    self.lipschitz_body = lb
+                    self.last_weight = _used_weight(lin)
+                    if lipschitz is None and _plain_chain(model):
+                        # compose_bounds(model) is the product of the same per-layer bounds: reuse them
+                        last_bound = lipschitz_bound(lin, allow_hooks=allow_hooks)
+            if lipschitz is not None:
+                self.lipschitz = float(_positive(lipschitz, "lipschitz", allow_tensor=False))
+            elif last_bound is not None:
+                check_boundable(model, allow_hooks=allow_hooks)
+                self.lipschitz = self.lipschitz_body * last_bound
+            else:
+                self.lipschitz = lipschitz_bound(model, self.input_shape, allow_hooks=allow_hooks)
         finally:
             model.train(was_training)
         if self.lipschitz <= 0 or not math.isfinite(self.lipschitz):
