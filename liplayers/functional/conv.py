@@ -178,13 +178,26 @@ def polyphase_kernel(kernel: Tensor, stride: IntPair, dilation: IntPair = 1) -> 
     return kp.reshape(out, cin * sh * sw, qh, qw)
 
 
+def _smaller_gram(sym: Tensor) -> Tensor:
+    return sym.mH @ sym if sym.shape[-2] >= sym.shape[-1] else sym @ sym.mH
+
+
+def _max_singular_value(sym: Tensor) -> float:
+    """Largest singular value of a batch of complex128 matrices, via the Hermitian eigenvalues
+    of the smaller Gram matrix (relative error ~1e-13 for the largest value, far below the
+    1e-9 margin; much faster than batched complex SVD)."""
+    return math.sqrt(max(float(torch.linalg.eigvalsh(_smaller_gram(sym)).max()), 0.0))
+
+
 def circular_conv_singular_values(
     kernel: Tensor, input_size: Sequence[int], stride: IntPair = 1, dilation: IntPair = 1
 ) -> Tensor:
-    """All singular values of the circular convolution on an H×W image (exact, float64).
+    """All singular values of the circular convolution on an H×W image (float64).
 
     The operator maps (in, H, W) → (out, H/s, W/s) (H, W divisible by the stride). Returns a
-    1-D tensor of its min(in·H·W, out·(H/s)·(W/s)) singular values (unsorted).
+    1-D tensor of its min(in·H·W, out·(H/s)·(W/s)) singular values (unsorted), computed as
+    square roots of the eigenvalues of the smaller per-frequency Gram matrices: absolute
+    error ~1e-16·σ_max² in σ², i.e. ~1e-8·σ_max for σ near 0 and ~1e-15 for σ near σ_max.
     """
     h, w = _spatial(input_size)  # type: ignore[misc]
     sh, sw = _pair(stride, "stride")
@@ -192,7 +205,7 @@ def circular_conv_singular_values(
         raise ValueError(f"input size {(h, w)} must be divisible by the stride {(sh, sw)}")
     kp = polyphase_kernel(kernel.detach().to(torch.float64), (sh, sw), dilation)
     sym = conv_symbol(kp, (h // sh, w // sw))
-    return torch.linalg.svdvals(sym).reshape(-1)
+    return torch.linalg.eigvalsh(_smaller_gram(sym)).clamp_min(0).sqrt().reshape(-1)
 
 
 def circular_conv_norm(
@@ -209,7 +222,7 @@ def circular_conv_norm(
         raise ValueError(f"input size {(h, w)} must be divisible by the stride {(sh, sw)}")
     kp = polyphase_kernel(kernel.detach().to(torch.float64), (sh, sw), dilation)
     sym = conv_symbol(kp, (h // sh, w // sw), half=True)
-    return float(torch.linalg.matrix_norm(sym, ord=2).max()) * _MARGIN
+    return _max_singular_value(sym) * _MARGIN
 
 
 def conv_symbol_bound(kernel: Tensor, stride: IntPair = 1, dilation: IntPair = 1,
@@ -233,7 +246,7 @@ def conv_symbol_bound(kernel: Tensor, stride: IntPair = 1, dilation: IntPair = 1
     if 2 * rho * rho >= 0.5:
         raise ValueError(f"grid {m} too coarse for a kernel of size {(kh, kw)}; use a larger grid")
     sym = conv_symbol(kp, (m, m), half=True)
-    g = float(torch.linalg.matrix_norm(sym, ord=2).max())
+    g = _max_singular_value(sym)
     return g / math.sqrt(1.0 - 2.0 * rho * rho) * _MARGIN
 
 
