@@ -10,6 +10,10 @@ from .export import export
 from .linear import BjorckLinear, SpectralLinear
 from .lipschitz import LipschitzModule, UnboundedModuleError, lipschitz_bound_of, register_lipschitz_bound
 from .parametrizations import BjorckOrthonormal, SpectralNormalized
+# --- convolutions, pooling, small GNP models (issue 5) ---
+from .conv import OrthoConv2d, RKOConv2d, SpectralConv2d
+from .models import gnp_conv_net, gnp_mlp
+from .pooling import GlobalL2Pool2d, InvertibleDownsampling, InvertibleUpsampling, L2NormPool2d, ScaledAvgPool2d
 # --- L∞-Lipschitz layers and the Householder activation (issue 9) ---
 from .householder import HouseholderActivation
 from .linf import L1BallRows, LInfLinear, linf_lipschitz_bound_of, register_linf_lipschitz_bound
@@ -31,6 +35,17 @@ __all__ = [
     "UnboundedModuleError",
     "lipschitz_bound_of",
     "register_lipschitz_bound",
+    # issue 5
+    "OrthoConv2d",
+    "SpectralConv2d",
+    "RKOConv2d",
+    "L2NormPool2d",
+    "ScaledAvgPool2d",
+    "GlobalL2Pool2d",
+    "InvertibleDownsampling",
+    "InvertibleUpsampling",
+    "gnp_conv_net",
+    "gnp_mlp",
     # issue 9
     "HouseholderActivation",
     "L1BallRows",
