@@ -67,8 +67,15 @@ def test_no_violation_with_torchattacks(digits_gnp):
     pytest.importorskip("torchattacks")
     net, x, y = digits_gnp
     pred, r = certify(net, x[:200])
-    rep = attack_check(net, x[:200], y[:200], r, steps=20, torchattacks_steps=10,
-                       generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()  # attack_check must evaluate in eval mode and restore the mode, whatever torchattacks does
+    try:
+        rep = attack_check(net, x[:200], y[:200], r, steps=20, torchattacks_steps=10,
+                           generator=torch.Generator().manual_seed(0))
+        assert net.training
+    finally:
+        net.eval()
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), "the check changed the model"
     assert rep.n_certified >= 200
     assert not rep.skipped, rep.skipped
     assert set(rep.per_attack) == {"liplayers.pgd", "PGDL2", "CW", "DeepFool", "FAB"}

@@ -133,15 +133,14 @@ def _outputs(model: nn.Module, x: Tensor) -> Tensor:
     return out.reshape(out.shape[0], -1)
 
 
-def _jacobian(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tuple[Tensor, Tensor]:
+def _jacobian(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-sample Jacobians (B, C, n) by C vector–Jacobian products (samples are independent)."""
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = _outputs(model, xr)
         rows = []
         for c in range(out.shape[1]):
-            (g,) = torch.autograd.grad(out[:, c].sum(), xr, retain_graph=True, create_graph=create_graph,
-                                       allow_unused=True)
+            (g,) = torch.autograd.grad(out[:, c].sum(), xr, retain_graph=True, allow_unused=True)
             if g is None:
                 g = torch.zeros_like(xr)
             rows.append(g.reshape(x.shape[0], -1))
@@ -165,11 +164,12 @@ def _local_norm_power(model: nn.Module, x: Tensor, iterations: int, generator) -
     u = torch.randn((B, C), generator=generator, dtype=out.dtype, device=out.device)
     u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
     sigma = torch.zeros(B, dtype=torch.float64, device=out.device)
+    dummy = torch.zeros_like(out, requires_grad=True)
+    with torch.enable_grad():
+        # g(d) = Jᵀd is linear in d; differentiating g along v w.r.t. d gives J v
+        (g,) = torch.autograd.grad(out, xr, grad_outputs=dummy, create_graph=True, retain_graph=True)
     for _ in range(max(1, iterations)):
-        dummy = torch.zeros_like(out, requires_grad=True)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(out, xr, grad_outputs=dummy, create_graph=True, retain_graph=True)
-            # J^T u at u = dummy is linear in dummy; its derivative along v gives J v
             (jtu,) = torch.autograd.grad(out, xr, grad_outputs=u, retain_graph=True)
             v = jtu.reshape(B, -1)
             v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)

@@ -267,10 +267,13 @@ def attack_check(
             names = ()
         for name in names:
             try:
+                # wrappers are put in eval mode: torchattacks restores the mode it found, and a
+                # training-mode forward could change the model (e.g. a Björck retraction)
                 if name in ("PGDL2", "CW"):
-                    wrapped = _BallModel(model, xc, rc, 0.5)
+                    wrapped = _BallModel(model, xc, rc, 0.5).eval()
                     z0 = _as_image(torch.full_like(xc, 0.5))
                     z_adv = _torchattack(name, wrapped, num_classes, t_steps, seed)(z0, pc)
+                    model.eval()
                     x_adv = wrapped.to_x(z_adv.to(xc.dtype))
                 else:
                     flat = xc.reshape(xc.shape[0], -1)
@@ -278,8 +281,9 @@ def attack_check(
                     hi = flat.max(dim=0).values
                     center = ((lo + hi) / 2).reshape(xc.shape[1:])
                     spread = float(((hi - lo) / 2).max()) + float(rc.max())
-                    wrapped = _BoxModel(model, center, 2.2 * max(spread, 1e-12))
+                    wrapped = _BoxModel(model, center, 2.2 * max(spread, 1e-12)).eval()
                     z_adv = _torchattack(name, wrapped, num_classes, t_steps, seed)(_as_image(wrapped.to_z(xc)), pc)
+                    model.eval()
                     x_adv = wrapped.to_x(z_adv.to(xc.dtype))
                 record(name, x_adv)
             except Exception as exc:  # a third-party attack failing must be visible, not fatal
