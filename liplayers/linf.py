@@ -54,6 +54,8 @@ def linf_operator_norm(w: Tensor) -> float:
                          f"{tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__}")
     if w.is_complex():
         raise TypeError("linf_operator_norm expects a real weight")
+    if not bool(torch.isfinite(w.detach()).all()):
+        raise ValueError("linf_operator_norm: the weight contains non-finite values (NaN or Inf)")
     n = w.shape[1]
     s = float(w.detach().to(torch.float64).abs().sum(-1).max()) if w.numel() else 0.0
     return s * (1.0 + (n + 1) * 2.0 ** -52)
