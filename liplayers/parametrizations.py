@@ -25,6 +25,22 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float64, torch.complex64, torch.complex128) else torch.float32
 
 
+def orthogonal_init_(w: Tensor) -> Tensor:
+    """``nn.init.orthogonal_`` for any floating dtype, in place; returns ``w``.
+
+    torch's QR (``geqrf``) has no bfloat16/float16 kernel, so low-precision weights are
+    initialized in float32 (:func:`_compute_dtype`) and rounded into ``w``. Works on a view
+    (e.g. a reshaped kernel) and under ``torch.no_grad``.
+    """
+    with torch.no_grad():
+        if w.dtype in (torch.float32, torch.float64):
+            return nn.init.orthogonal_(w)
+        tmp = torch.empty(w.shape, dtype=_compute_dtype(w.dtype), device=w.device)
+        nn.init.orthogonal_(tmp)
+        w.copy_(tmp)
+    return w
+
+
 def _version_key(x: Tensor) -> tuple:
     return (x._version, x.data_ptr(), x.dtype, x.device, tuple(x.shape))
 
@@ -218,19 +234,20 @@ class SpectralNormalized(nn.Module):
         if update:
             with torch.no_grad():
                 self.u.copy_(u.to(self.u.dtype))
+        cd = _compute_dtype(v.dtype)  # σ and V/σ in float32 at least (bf16/fp16 weights)
         if self.detach_sigma:
-            return sigma.to(v.dtype)
-        return (u.to(v.dtype) @ v @ vec.to(v.dtype))  # differentiable σ = uᵀVv
+            return sigma.to(cd)
+        return (u.to(cd) @ v.to(cd) @ vec.to(cd))  # differentiable σ = uᵀVv
 
     def forward(self, v: Tensor) -> Tensor:
         if v.dim() != 2:
             raise ValueError(f"SpectralNormalized expects a 2-D weight, got shape {tuple(v.shape)}")
         if self.training:
-            return v / self._sigma(v, update=True)
+            return (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=True)).to(v.dtype)
         key = _version_key(v)
         if self._cache_key != key:
             with torch.no_grad():
-                self._cache = v / self._sigma(v, update=False)
+                self._cache = (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=False)).to(v.dtype)
             self._cache_key = key
         return self._cache
 
