@@ -9,9 +9,15 @@ from torch.nn.utils import parametrize
 
 from .functional.spectral import spectral_norm_exact
 from .lipschitz import LipschitzModule
-from .parametrizations import BjorckOrthonormal, SpectralNormalized
+from .parametrizations import BjorckOrthonormal, SpectralNormalized, orthogonal_init_
 
 __all__ = ["BjorckLinear", "SpectralLinear"]
+
+
+def _check_features(layer: str, in_features, out_features) -> None:
+    for name, v in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
 
 
 class _ParametrizedLinear(nn.Linear, LipschitzModule):
@@ -69,6 +75,7 @@ class BjorckLinear(_ParametrizedLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  *, mode: str = "retract", tol: Optional[float] = None, max_iterations: int = 40,
                  order: int = 5) -> None:
+        _check_features("BjorckLinear", in_features, out_features)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         parametrize.register_parametrization(
             self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order)
@@ -78,7 +85,7 @@ class BjorckLinear(_ParametrizedLinear):
         # orthogonal init (called by nn.Linear.__init__ before the parametrization exists)
         w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
         with torch.no_grad():
-            nn.init.orthogonal_(w)
+            orthogonal_init_(w)  # QR in float32 at least (no bf16/fp16 QR kernel)
             if self.bias is not None:
                 self.bias.zero_()
 
@@ -104,6 +111,7 @@ class SpectralLinear(_ParametrizedLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  *, tol: float = 1e-10, max_iterations: int = 100) -> None:
+        _check_features("SpectralLinear", in_features, out_features)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations)
         parametrize.register_parametrization(self, "weight", param.to(self.weight.device))
