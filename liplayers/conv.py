@@ -40,7 +40,7 @@ from .functional.conv import (
 from .functional.orthogonalization import bjorck_step, gram
 from .functional.spectral import gram_spectral_bound, spectral_norm_exact
 from .lipschitz import LipschitzModule, UnboundedModuleError, register_lipschitz_bound
-from .parametrizations import BjorckOrthonormal
+from .parametrizations import BjorckOrthonormal, _compute_dtype, orthogonal_init_
 
 __all__ = ["OrthoConv2d", "SpectralConv2d", "RKOConv2d", "bcop_kernel", "retract_semi_orthogonal_"]
 
@@ -278,9 +278,9 @@ class OrthoConv2d(LipschitzModule):
     def reset_parameters(self) -> None:
         """Random orthogonal H and projector bases (Haar-distributed); zero bias."""
         with torch.no_grad():
-            nn.init.orthogonal_(self.ortho)
+            orthogonal_init_(self.ortho)  # QR in float32 at least (no bf16/fp16 QR kernel)
             for t in range(self.projectors.shape[0]):
-                nn.init.orthogonal_(self.projectors[t])
+                orthogonal_init_(self.projectors[t])
             if self.bias is not None:
                 self.bias.zero_()
         self._cache_key = None
@@ -467,15 +467,18 @@ class _OperatorNormalized(nn.Module):
                 return v  # shape inference before the first real forward (should not happen)
             grid, _ = self.majorant()
             shape = (1, v.shape[1] * self.groups, grid[0], grid[1])
+            cd = _compute_dtype(v.dtype)  # power iteration and V/σ in float32 at least
             if self.u.shape != shape:
                 g = torch.Generator(device="cpu").manual_seed(0)
-                self.u = torch.randn(shape, generator=g, dtype=v.dtype).to(v.device)
-            kd = v.detach()
-            _, u = conv_operator_power_iteration(self._op(kd), self.u.to(v.dtype), self.iterations)
+                self.u = torch.randn(shape, generator=g, dtype=cd).to(v.device)
+            kd = v.detach().to(cd)
+            _, u = conv_operator_power_iteration(self._op(kd), self.u.to(cd), self.iterations)
+            if not bool(torch.isfinite(u).all()):
+                raise ValueError("SpectralConv2d: the kernel contains non-finite values (NaN or Inf)")
             with torch.no_grad():
                 self.u.copy_(u)
-            sigma = self._op(v)(u).norm()
-            return v / sigma
+            sigma = self._op(v.to(cd))(u).norm()
+            return (v.to(cd) / sigma).to(v.dtype)
         key = (v._version, v.data_ptr(), v.dtype, v.device, self.input_size)
         if self._cache_key != key:
             if self.input_size is None:
@@ -635,7 +638,7 @@ class RKOConv2d(_ConvLipschitzMixin, nn.Conv2d):
     def reset_parameters(self) -> None:
         w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
         with torch.no_grad():
-            nn.init.orthogonal_(w.view(w.shape[0], -1))
+            orthogonal_init_(w.view(w.shape[0], -1))
             if self.bias is not None:
                 self.bias.zero_()
 
