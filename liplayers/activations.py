@@ -21,6 +21,8 @@ def group_sort(x: Tensor, group_size: Optional[int], dim: int = -1) -> Tensor:
 
     ``group_size=None`` sorts the whole dimension (FullSort). Shape is preserved.
     """
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"GroupSort: dim {dim} is out of range for an input of shape {tuple(x.shape)}")
     size = x.shape[dim]
     if group_size is None or group_size == size:
         return torch.sort(x, dim=dim).values
