@@ -90,6 +90,8 @@ class HouseholderActivation(LipschitzModule):
 
     def _cos_sin(self) -> Tuple[Tensor, Tensor]:
         p = self.phi.detach()
+        if not bool(torch.isfinite(p).all()):  # max(1.0, nan) would silently give 1.0
+            raise ValueError("HouseholderActivation: the angles phi contain non-finite values (NaN or Inf)")
         return torch.cos(p).double(), torch.sin(p).double()
 
     def lipschitz_bound(self, input_shape: Optional[Tuple[int, ...]] = None) -> float:
