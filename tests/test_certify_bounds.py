@@ -61,7 +61,7 @@ def test_scaled_linear_model_certificate_shrinks_and_would_be_wrong_otherwise():
     _, r_ok = certify(model, x, lipschitz=1.5, last_layer=False)
     assert torch.allclose(r, r_ok, rtol=1e-5)
     _, r_wrong = certify(model, x, lipschitz=1.0, last_layer=False)  # "the layer is orthogonal", wrong
-    assert torch.allclose(r_wrong, 1.5 * r, rtol=1e-5)
+    assert torch.allclose(r_wrong, 1.5 * r, rtol=1e-3, atol=1e-4)  # up to the float allowance (scale 1 + L‖x‖)
     assert attack_check(model, x, radius=r, torchattacks=None).violations == 0
     rep = attack_check(model, x, radius=r_wrong, torchattacks=None)
     assert rep.violations > 50  # the attack refutes a certificate computed as if the layer were 1-Lipschitz

@@ -112,6 +112,13 @@ def test_floating_point_safety_margin_and_ties():
     r0 = certified_radius(logits, 1.0, rtol=0.0)
     assert r0[0] > 0 and r0[1] == 0
     assert r[2] == pytest.approx(2.0 / math.sqrt(2), rel=1e-4)
+    # the allowance grows with the magnitude scale of the network's values (certify: 1 + L‖x‖)
+    small = torch.tensor([[1e-3, 0.0]])
+    assert certified_radius(small, 1.0) > 0
+    assert certified_radius(small, 1.0, scale=1e3) == 0
+    assert certified_radius(small, 1.0, scale=torch.tensor([1.0])) == certified_radius(small, 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        certified_radius(small, 1.0, scale=-1.0)
 
 
 def test_bad_inputs_are_refused():

@@ -151,12 +151,21 @@ class Certifier:
         if self.lipschitz <= 0 or not math.isfinite(self.lipschitz):
             raise ValueError(f"the Lipschitz bound must be finite and > 0, got {self.lipschitz}")
 
-    def radius(self, logits: Tensor) -> Tensor:
-        """(B,) float64 certified radii of the predictions encoded by ``logits``."""
-        r = certified_radius(logits, self.lipschitz, self.norm, input_dim=self.input_dim, rtol=self.rtol)
+    def radius(self, logits: Tensor, x: Optional[Tensor] = None) -> Tensor:
+        """(B,) float64 certified radii of the predictions encoded by ``logits`` (of inputs ``x``).
+
+        With ``x``, the rounding allowance uses the magnitude scale s = 1 + L‖x‖₂ (see
+        :func:`~liplayers.certify.certified_radius`); without it, s = 1.
+        """
+        scale = None
+        if x is not None:
+            xn = torch.linalg.vector_norm(x.detach().reshape(x.shape[0], -1).to(torch.float64), dim=1)
+            scale = 1.0 + self.lipschitz * xn
+        r = certified_radius(logits, self.lipschitz, self.norm, input_dim=self.input_dim, rtol=self.rtol,
+                             scale=scale)
         if self.last_weight is not None:
             r_last = certified_radius_last_layer(logits, self.last_weight.to(logits.device), self.lipschitz_body,
-                                                 self.norm, input_dim=self.input_dim, rtol=self.rtol)
+                                                 self.norm, input_dim=self.input_dim, rtol=self.rtol, scale=scale)
             r = torch.maximum(r, r_last)
         return r
 
@@ -172,10 +181,11 @@ class Certifier:
         preds, radii = [], []
         try:
             for start in range(0, x.shape[0], max(bs, 1)):
-                logits = self.model(x[start:start + bs])
+                xb = x[start:start + bs]
+                logits = self.model(xb)
                 self.binary = logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)
                 preds.append(predict_from_logits(logits))
-                radii.append(self.radius(logits))
+                radii.append(self.radius(logits, xb))
         finally:
             self.model.train(was_training)
         if not preds:

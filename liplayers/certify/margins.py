@@ -23,11 +23,15 @@ from an ∞→∞ Lipschitz constant) can be added without changing the signatur
 
 Floating point (the safety margin). The logits are computed in floating point, at x and
 at any x′, so the computed difference can deviate from the exact one by a rounding error
-δ at each. We assume the float error of each logit is at most ``rtol·(|f_k| + 1)`` (default
-``rtol`` = 32 × machine epsilon of the logits' dtype: 3.8e-6 for float32, 7.1e-15 for
-float64) and subtract twice the error of the pair, at x and at x′, from each margin:
+δ at each. We assume the float error of each logit is at most ``rtol·(|f_k| + s)``, where
+``s`` (``scale``, default 1) is the magnitude of the values inside the network (rounding
+errors are relative to them, not to the logits: :func:`~liplayers.certify.certify` passes
+s = 1 + L‖x‖₂, since an L-Lipschitz network moves its values by at most L‖x‖₂ away from
+those at x = 0), with default ``rtol`` = 32 × machine epsilon of the logits' dtype (3.8e-6
+for float32, 7.1e-15 for float64), and subtract twice the error of the pair, at x and at
+x′, from each margin:
 
-    m_j = f_y − f_j − 2·rtol·(|f_y| + |f_j| + 2)
+    m_j = f_y − f_j − 2·rtol·(|f_y| + |f_j| + 2s)
 
 and the Lipschitz bound is inflated by a relative 1e-6 (covering the rounding of the radius
 computation, done in float64, and of ‖x′ − x‖ in the caller's dtype). This is a documented
@@ -143,10 +147,27 @@ def _convert(r2: Tensor, norm: str, input_dim: Optional[int]) -> Tensor:
     return _NORMS[norm](r2, n)
 
 
-def _pair_margins(f: Tensor, y: Tensor, rtol: float) -> Tensor:
+def _scale(scale, f: Tensor) -> Tensor:
+    """(B,) float64 magnitude scale of the rounding allowance (see module docstring)."""
+    if scale is None:
+        return torch.ones(f.shape[0], dtype=torch.float64, device=f.device)
+    if isinstance(scale, Tensor):
+        s = scale.detach().to(device=f.device, dtype=torch.float64).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(f.shape[0])
+    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        s = torch.full((f.shape[0],), float(scale), dtype=torch.float64, device=f.device)
+    else:
+        raise TypeError(f"scale must be a float or a (B,) tensor, got {type(scale).__name__}")
+    if s.shape != (f.shape[0],) or not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError(f"scale must be finite, >= 0, a float or of shape ({f.shape[0]},)")
+    return s
+
+
+def _pair_margins(f: Tensor, y: Tensor, rtol: float, s: Tensor) -> Tensor:
     """(B, C) float64 margins f_y − f_j minus the rounding allowance; +inf at j = y."""
     fy = f.gather(1, y[:, None])
-    m = fy - f - 2.0 * rtol * (fy.abs() + f.abs() + 2.0)
+    m = fy - f - 2.0 * rtol * (fy.abs() + f.abs() + 2.0 * s[:, None])
     return m.scatter(1, y[:, None], math.inf)
 
 
@@ -157,6 +178,7 @@ def certified_radius(
     *,
     input_dim: Optional[int] = None,
     rtol: Optional[float] = None,
+    scale: Union[None, float, Tensor] = None,
 ) -> Tensor:
     r"""Certified radius of the predicted class of each sample (see module docstring).
 
@@ -169,6 +191,8 @@ def certified_radius(
         norm: threat norm of the returned radius, ``"l2"`` or ``"linf"``.
         input_dim: number of input coordinates n (needed for ``"linf"``: r∞ = r₂/√n).
         rtol: relative float error assumed per logit (default :func:`default_rtol`).
+        scale: magnitude s of the network's internal values for the rounding allowance
+            (float or (B,); default 1).
 
     Returns:
         (B,) float64 radii ≥ 0, in input units of ``norm``: every x′ with ‖x′ − x‖ ≤ r gets
@@ -177,15 +201,16 @@ def certified_radius(
     f = _check_logits(logits).detach().to(torch.float64)
     L = _positive(lipschitz, "lipschitz")
     tol = _rtol(rtol, logits.dtype)
+    s = _scale(scale, f)
     if _is_binary(logits):
         f = f.reshape(-1)
-        margin = f.abs() - 2.0 * tol * (f.abs() + 1.0)
+        margin = f.abs() - 2.0 * tol * (f.abs() + s)
         denom = L * _L_INFLATION
     else:
         if f.shape[1] < 2:  # pragma: no cover - guarded by _is_binary
             raise ValueError("multiclass logits need C >= 2")
         y = f.argmax(dim=1)
-        margin = _pair_margins(f, y, tol).min(dim=1).values
+        margin = _pair_margins(f, y, tol, s).min(dim=1).values
         denom = math.sqrt(2.0) * L * _L_INFLATION
     r2 = (margin.clamp_min(0.0) / denom)
     return _convert(r2, norm, input_dim)
@@ -199,6 +224,7 @@ def certified_radius_last_layer(
     *,
     input_dim: Optional[int] = None,
     rtol: Optional[float] = None,
+    scale: Union[None, float, Tensor] = None,
 ) -> Tensor:
     r"""Tighter certified radius using the last linear layer: min_j (f_y − f_j)/(‖w_y − w_j‖ L_body).
 
@@ -207,7 +233,7 @@ def certified_radius_last_layer(
         last_weight: the weight W (C, d) that the last layer *uses in eval mode* (e.g.
             ``BjorckLinear.eval_weight()``), not the intended one.
         lipschitz_body: guaranteed L2 Lipschitz upper bound of h (everything before W).
-        norm, input_dim, rtol: as in :func:`certified_radius`.
+        norm, input_dim, rtol, scale: as in :func:`certified_radius`.
 
     Returns:
         (B,) float64 radii ≥ 0 (≥ the radius of :func:`certified_radius` with
@@ -220,6 +246,7 @@ def certified_radius_last_layer(
         raise ValueError("last_weight contains non-finite values")
     Lb = _positive(lipschitz_body, "lipschitz_body")
     tol = _rtol(rtol, logits.dtype)
+    s = _scale(scale, f)
     w = last_weight.detach().to(torch.float64)
     C = 1 if _is_binary(logits) else f.shape[1]
     if w.shape[0] != C:
@@ -227,7 +254,7 @@ def certified_radius_last_layer(
     if _is_binary(logits):
         f = f.reshape(-1)
         wn = torch.linalg.vector_norm(w) * (1.0 + 1e-9)
-        margin = f.abs() - 2.0 * tol * (f.abs() + 1.0)
+        margin = f.abs() - 2.0 * tol * (f.abs() + s)
         if float(wn) == 0.0:  # constant output: the prediction never changes
             r2 = torch.where(margin > 0, torch.full_like(f, math.inf), torch.zeros_like(f))
         else:
@@ -236,7 +263,7 @@ def certified_radius_last_layer(
     y = f.argmax(dim=1)
     dist = torch.cdist(w[None], w[None], compute_mode="donot_use_mm_for_euclid_dist")[0] * (1.0 + 1e-9)
     d = dist[y]  # (B, C): ‖w_y − w_j‖
-    m = _pair_margins(f, y, tol)
+    m = _pair_margins(f, y, tol, s)
     ratio = torch.where(d > 0, m / d.clamp_min(1e-300),
                         torch.where(m > 0, torch.full_like(m, math.inf), torch.zeros_like(m)))
     ratio = ratio.scatter(1, y[:, None], math.inf)
