@@ -32,24 +32,18 @@ MNIST_NOTE = "trained on reconstructed MNIST training images"
 
 
 # --------------------------------------------------------------------------- models and losses
-def dense_gnp(in_features: int, num_classes: int, width: int = 128, depth: int = 3, group_size: int = 2) -> nn.Module:
-    """Flatten → [BjorckLinear(width) → GroupSort] × depth → BjorckLinear(num_classes).
+def dense_gnp(in_features: int, num_classes: int, width: int = 128, depth: int = 3) -> nn.Module:
+    """Flatten → [BjorckLinear(width) → MaxMin] × depth → BjorckLinear(num_classes) (``liplayers.models.gnp_mlp``).
 
-    Every weight is (semi-)orthonormal and GroupSort is a permutation: a 1-Lipschitz,
+    Every weight is (semi-)orthonormal and MaxMin is a permutation: a 1-Lipschitz,
     gradient-norm-preserving network (seed 004). Its certified bound is computed from the
     weights by :func:`liplayers.certify.lipschitz_bound`, not assumed.
     """
-    from . import BjorckLinear, GroupSort, Sequential
+    from .models import gnp_mlp
 
-    if depth < 1 or width < 2 or width % group_size:
-        raise ValueError(f"need depth >= 1 and a width divisible by group_size={group_size}, got width={width}, depth={depth}")
-    layers: List[nn.Module] = [nn.Flatten()]
-    d = in_features
-    for _ in range(depth):
-        layers += [BjorckLinear(d, width), GroupSort(group_size)]
-        d = width
-    layers.append(BjorckLinear(d, num_classes))
-    return Sequential(*layers)
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return gnp_mlp(in_features, num_classes, widths=(width,) * depth)
 
 
 def dense_relu(in_features: int, num_classes: int, width: int = 128, depth: int = 3) -> nn.Module:
