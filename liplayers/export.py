@@ -12,6 +12,27 @@ from .lipschitz import LipschitzModule
 __all__ = ["export"]
 
 
+def _replacements(module: nn.Module, memo: dict) -> None:
+    """``memo[id(m)] = m.to_torch()`` for the outermost liplayers layers of the *original* model.
+
+    ``to_torch`` is called on the original (in eval mode), so the exported weights are exactly
+    the ones the original uses now — the ones its certificate was computed from. A deep copy
+    would recompute them (the eval caches are keyed on storage, so a copy starts cold) and,
+    for bfloat16/float16 weights, re-orthonormalizing an already rounded weight gives a
+    different rounding: the exported model would not be the certified one.
+    """
+    if isinstance(module, LipschitzModule):
+        try:
+            out = module.to_torch()
+        except NotImplementedError:
+            out = None
+        if out is not None:
+            memo[id(module)] = copy.deepcopy(out) if out is module else out
+            return
+    for child in module.children():
+        _replacements(child, memo)
+
+
 def _export_inplace(module: nn.Module) -> nn.Module:
     if isinstance(module, LipschitzModule):
         try:
@@ -41,7 +62,12 @@ def export(model: nn.Module) -> nn.Module:
     model.eval()
     try:
         with torch.no_grad():
-            out = _export_inplace(copy.deepcopy(model))
+            memo: dict = {}
+            _replacements(model, memo)
+            if id(model) in memo:
+                out = memo[id(model)]
+            else:
+                out = _export_inplace(copy.deepcopy(model, memo))
     finally:
         model.train(was_training)
     out.eval()
