@@ -1,0 +1,448 @@
+r"""Curvature of decision boundaries near inputs (seed 003 §2.3 and §3, eqs. 5–7).
+
+All functions are pure functions of ``(model, x)``: the model maps a batch ``(B, *shape)``
+to logits ``(B, C)`` and is used as given (put it in eval mode yourself; no parameter
+``.grad`` is touched).  Inputs are flattened to ``d = prod(shape)`` coordinates.
+
+Definitions (seed 003 eqs. 5–6)
+--------------------------------
+For classes ``i`` (the predicted one) and ``j``, ``F = f_i − f_j`` and the pairwise decision
+boundary is ``{F = 0}``.  Near an input ``x`` we study the level set ``{z : F(z) = F(x)}``
+through ``x`` (the seed's approximation, §3.1.1; use :func:`boundary_point` to move onto
+``{F = 0}`` first).  With ``n = ∇F/‖∇F‖`` and ``P = I − n nᵀ`` (the tangent projector —
+seed 003 notes the sign error of its reference here), the normal curvature along a
+tangent ``v`` is ``κ(v) = vᵀ H_F v / (‖v‖² ‖∇F‖)`` (eq. 5) and the **principal curvatures**
+are the ``d − 1`` eigenvalues of ``P H_F P / ‖∇F‖`` restricted to the tangent space (eq. 6).
+We compute them as the eigenvalues of ``Qᵀ H_F Q / ‖∇F‖`` with ``Q`` (d × (d−1)) an
+orthonormal basis of ``n^⊥`` (a Householder reflection), so the spurious zero eigenvalue in
+the normal direction never appears.
+
+Sign convention: positive curvature means the boundary bends *toward* ``−∇F``, i.e. away
+from class ``i``'s side: for ``F(x) = ‖x‖² − r²`` (class ``i`` outside a sphere) every
+principal curvature is ``+1/r``.
+
+**Average curvature** ``κ̄ = (1/(d−1)) Σ_l κ_l = (tr H_F − nᵀ H_F n) / ((d − 1) ‖∇F‖)``.
+Seed 003 eq. 7 quotes Goldman's formula ``(∇Fᵀ H ∇F − tr(H) ‖∇F‖²) / (2‖∇F‖³)``: that is
+the mean curvature of a *surface in R³* (two principal curvatures) with the opposite
+orientation, i.e. ``−(d − 1)/2 · κ̄`` in ``d`` dimensions; we use the trace form above, which
+agrees with eqs. 5–6 in every dimension (the two differ by a negative factor, so a detector
+threshold on one is a threshold on the other with the direction reversed).
+
+Second derivatives
+------------------
+``h=None`` (default): exact Hessians by automatic differentiation (reverse-over-reverse
+Hessian-vector products, batched over probe vectors).  For piecewise-linear networks (ReLU,
+GroupSort/MaxMin, max-pooling) the exact Hessian is **zero almost everywhere**, so the
+curvature is only meaningful at a finite scale: ``h > 0`` replaces ``H v`` by the central
+difference of exact gradients ``(∇F(x + h v) − ∇F(x − h v)) / (2h)`` for unit ``v`` (seed 003
+§3.1.2 uses a one-sided difference with ``h = 0.1``–``1``), symmetrized — the Hessian of the
+function "seen at scale h".  For a quadratic ``F`` both agree exactly.
+
+Detector of perturbed inputs (seed 003 §2.5, §3.2.1)
+----------------------------------------------------
+:func:`curvature_score` ``= Σ_{j≠i} κ̄_j(x)`` with ``i`` the predicted class; the seed
+labels an input as perturbed when the score exceeds a threshold (it reports natural
+inputs to have negative and adversarially perturbed ones positive average curvature), and
+:func:`estimate_original_label` proposes ``argmax_{j≠i} κ̄_j`` as the class before the attack.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "decision_gradient",
+    "hessian_vector_product",
+    "logit_hessians",
+    "principal_curvatures",
+    "average_curvature",
+    "curvature_score",
+    "estimate_original_label",
+    "boundary_point",
+]
+
+Labels = Union[None, int, Tensor]
+
+
+# --------------------------------------------------------------------------- validation
+def _check_inputs(model: nn.Module, x: Tensor) -> None:
+    if not isinstance(model, nn.Module) and not callable(model):
+        raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, ...) with a batch dimension, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains non-finite values (nan or inf)")
+
+
+def _check_h(h: Optional[float]) -> Optional[float]:
+    if h is None:
+        return None
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not (h > 0) or not math.isfinite(h):
+        raise ValueError(f"h must be None (exact Hessian) or a finite number > 0, got {h!r}")
+    return float(h)
+
+
+def _logits(model: nn.Module, z: Tensor, B: int) -> Tensor:
+    out = model(z)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != B:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model must return logits of shape (B, C) with B={B}, got {got}")
+    if out.shape[1] < 2:
+        raise ValueError(f"curvature of a decision boundary needs at least 2 logits, got C={out.shape[1]}")
+    return out
+
+
+def _labels(v: Labels, B: int, C: int, device, name: str) -> Optional[Tensor]:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, a (B,) integer tensor or None, got a bool")
+    if isinstance(v, int):
+        t = torch.full((B,), v, dtype=torch.int64, device=device)
+    elif isinstance(v, Tensor):
+        if v.is_floating_point() or v.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got dtype {v.dtype}")
+        t = (v.expand(B) if v.dim() == 0 else v).to(device=device, dtype=torch.int64)
+        if t.shape != (B,):
+            raise ValueError(f"{name} must have shape ({B},), got {tuple(v.shape)}")
+    else:
+        raise TypeError(f"{name} must be an int, a (B,) integer tensor or None, got {type(v).__name__}")
+    if bool(((t < 0) | (t >= C)).any()):
+        raise ValueError(f"{name} must be class indices in [0, {C}), got values outside that range")
+    return t
+
+
+def _pair(model: nn.Module, x: Tensor, label: Labels, other: Labels) -> Tuple[Tensor, Tensor, int]:
+    """Resolve ``(i, j)``: ``label`` defaults to the prediction, ``other`` to the runner-up."""
+    with torch.no_grad():
+        out = _logits(model, x, x.shape[0])
+    B, C = out.shape
+    i = _labels(label, B, C, x.device, "label")
+    j = _labels(other, B, C, x.device, "other")
+    if i is None:
+        i = out.argmax(dim=1)
+    if j is None:
+        masked = out.scatter(1, i[:, None], float("-inf"))
+        j = masked.argmax(dim=1)
+    if bool((i == j).any()):
+        raise ValueError("label and other must differ for every sample (F = f_i − f_j would be 0)")
+    return i, j, C
+
+
+def _F(out: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    return out.gather(1, i[:, None]).squeeze(1) - out.gather(1, j[:, None]).squeeze(1)
+
+
+# --------------------------------------------------------------------------- first and second derivatives
+def decision_gradient(model: nn.Module, x: Tensor, label: Labels = None, other: Labels = None
+                      ) -> Tuple[Tensor, Tensor]:
+    """``F(x) = f_label(x) − f_other(x)`` (B,) and its input gradient ``∇F`` (B, d), both detached.
+
+    ``label`` defaults to the predicted class and ``other`` to the runner-up (int, (B,)
+    tensor or None).
+    """
+    _check_inputs(model, x)
+    i, j, _ = _pair(model, x, label, other)
+    return _grad_F(model, x, i, j)
+
+
+def _grad_F(model: nn.Module, x: Tensor, i: Tensor, j: Tensor, create_graph: bool = False):
+    B = x.shape[0]
+    z = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        F = _F(_logits(model, z, B), i, j)
+        (g,) = torch.autograd.grad(F.sum(), z, create_graph=create_graph)
+    if create_graph:
+        return F, g.reshape(B, -1), z
+    return F.detach(), g.detach().reshape(B, -1)
+
+
+def hessian_vector_product(model: nn.Module, x: Tensor, v: Tensor, label: Labels = None, other: Labels = None,
+                           h: Optional[float] = None) -> Tensor:
+    """``H_F(x) v`` for each sample: ``x`` (B, ...), ``v`` (B, d) or (k, B, d) → same shape as ``v``.
+
+    ``h=None``: exact (double backward; a leading probe dimension ``k`` is batched with
+    ``is_grads_batched``).  ``h > 0``: ``‖v‖ · (∇F(x + h v̂) − ∇F(x − h v̂)) / (2h)`` with
+    ``v̂ = v/‖v‖`` (the central-difference Hessian at scale ``h``, see the module docstring).
+    """
+    _check_inputs(model, x)
+    h = _check_h(h)
+    i, j, _ = _pair(model, x, label, other)
+    B, d = x.shape[0], x[0].numel()
+    if not isinstance(v, Tensor) or v.shape[-2:] != (B, d) or v.dim() not in (2, 3):
+        raise ValueError(f"v must have shape ({B}, {d}) or (k, {B}, {d}), got "
+                         f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+    batched = v.dim() == 3
+    vv = v if batched else v[None]
+    out = _hvp(model, x, vv.to(x.dtype), i, j, h)
+    return out if batched else out[0]
+
+
+def _hvp(model: nn.Module, x: Tensor, V: Tensor, i: Tensor, j: Tensor, h: Optional[float]) -> Tensor:
+    """``H_F V`` for probes ``V`` (k, B, d) → (k, B, d) (model dtype)."""
+    k, B, d = V.shape
+    if h is None:
+        _, g, z = _grad_F(model, x, i, j, create_graph=True)
+        if not g.requires_grad:  # F is affine in x (e.g. a linear model): H = 0
+            return torch.zeros_like(V)
+        try:
+            (hv,) = torch.autograd.grad(g, z, grad_outputs=V, is_grads_batched=True, allow_unused=True)
+        except RuntimeError:  # some ops have no batching rule: one probe at a time
+            cols = []
+            for m in range(k):
+                (c,) = torch.autograd.grad(g, z, grad_outputs=V[m], retain_graph=True, allow_unused=True)
+                cols.append(torch.zeros_like(x) if c is None else c)
+            hv = torch.stack(cols)
+        if hv is None:
+            return torch.zeros_like(V)
+        return hv.reshape(k, B, d).detach()
+    nrm = torch.linalg.vector_norm(V, dim=-1, keepdim=True)
+    unit = V / nrm.clamp_min(torch.finfo(V.dtype).tiny)
+    base = x.detach().reshape(1, B, d)
+    pts = torch.cat([base + h * unit, base - h * unit], 0).reshape((2 * k * B,) + tuple(x.shape[1:]))
+    rep = lambda t: t.repeat(2 * k)  # noqa: E731
+    _, g = _grad_F(model, pts, rep(i), rep(j))
+    g = g.reshape(2, k, B, d)
+    return (g[0] - g[1]) / (2 * h) * nrm
+
+
+def logit_hessians(model: nn.Module, x: Tensor, h: Optional[float] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients and (scale-``h``) Hessians of **every** logit at each input.
+
+    Returns ``(logits (B, C), J (B, C, d), H (B, C, d, d))`` in float64, ``H`` symmetrized.
+    Exact (``h=None``: ``C·d`` double-backward products, batched over the ``d`` basis
+    vectors) or central differences of exact gradients along the ``d`` coordinate axes
+    (``h > 0``: gradients of all ``C`` logits at ``2d`` shifted copies of each input).
+    Memory ``O(B·C·d²)``: chunk large batches.
+    """
+    _check_inputs(model, x)
+    h = _check_h(h)
+    B, d = x.shape[0], x[0].numel()
+    z = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = _logits(model, z, B)
+        C = out.shape[1]
+        grads = [torch.autograd.grad(out[:, c].sum(), z, create_graph=h is None, retain_graph=True)[0]
+                 for c in range(C)]
+    J = torch.stack([g.detach().reshape(B, d) for g in grads], 1).to(torch.float64)
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    if h is None:
+        rows = []
+        basis = eye[:, None, :].expand(d, B, d).reshape((d,) + tuple(x.shape))
+        for c, g in enumerate(grads):
+            if not g.requires_grad:
+                rows.append(torch.zeros(B, d, d, dtype=torch.float64, device=x.device))
+                continue
+            try:
+                (hc,) = torch.autograd.grad(g, z, grad_outputs=basis, is_grads_batched=True, retain_graph=True,
+                                            allow_unused=True)
+            except RuntimeError:
+                cols = [torch.autograd.grad(g, z, grad_outputs=basis[k], retain_graph=True, allow_unused=True)[0]
+                        for k in range(d)]
+                hc = None if cols[0] is None else torch.stack(cols)
+            if hc is None:
+                rows.append(torch.zeros(B, d, d, dtype=torch.float64, device=x.device))
+            else:  # hc[k, b] = H_c(x_b) e_k  →  (B, d(k), d)
+                rows.append(hc.reshape(d, B, d).transpose(0, 1).to(torch.float64))
+        H = torch.stack(rows, 1)
+    else:
+        base = x.detach().reshape(B, 1, d)
+        pts = torch.cat([base + h * eye, base - h * eye], 1).reshape((B * 2 * d,) + tuple(x.shape[1:]))
+        zp = pts.requires_grad_(True)
+        with torch.enable_grad():
+            o = _logits(model, zp, B * 2 * d)
+            gp = torch.stack([torch.autograd.grad(o[:, c].sum(), zp, retain_graph=c < C - 1)[0].reshape(B, 2, d, d)
+                              for c in range(C)], 1).to(torch.float64)  # (B, C, ±, k, d)
+        H = (gp[:, :, 0] - gp[:, :, 1]) / (2 * h)
+    H = 0.5 * (H + H.transpose(-1, -2))
+    return out.detach().to(torch.float64), J, H
+
+
+def _tangent_basis(n: Tensor) -> Tensor:
+    """Orthonormal basis (…, d, d−1) of the orthogonal complement of unit vectors ``n`` (…, d).
+
+    Householder reflection ``I − 2uuᵀ`` mapping ``n`` to ``±e₁``: its other ``d − 1`` columns.
+    """
+    d = n.shape[-1]
+    e1 = torch.zeros_like(n)
+    e1[..., 0] = 1.0
+    s = torch.where(n[..., :1] >= 0, -1.0, 1.0).to(n.dtype)  # reflect n to −sign(n₀) e₁: no cancellation
+    u = n - s * e1
+    u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    Hh = torch.eye(d, dtype=n.dtype, device=n.device) - 2 * u[..., :, None] * u[..., None, :]
+    return Hh[..., :, 1:]
+
+
+def _curvatures_from(J: Tensor, H: Tensor, i: Tensor, j: Tensor) -> Tuple[Tensor, Tensor]:
+    """Principal curvatures (B, d−1) ascending and ‖∇F‖ (B,) from per-logit J, H (float64)."""
+    B = J.shape[0]
+    ar = torch.arange(B, device=J.device)
+    gF = J[ar, i] - J[ar, j]
+    HF = H[ar, i] - H[ar, j]
+    gn = torch.linalg.vector_norm(gF, dim=-1)
+    n = gF / gn.clamp_min(1e-300)[:, None]
+    Q = _tangent_basis(n)
+    G = Q.transpose(-1, -2) @ HF @ Q
+    G = 0.5 * (G + G.transpose(-1, -2))
+    kappa = torch.linalg.eigvalsh(G) / gn[:, None]
+    return torch.where(gn[:, None] > 0, kappa, torch.full_like(kappa, float("nan"))), gn
+
+
+def principal_curvatures(model: nn.Module, x: Tensor, label: Labels = None, other: Labels = None,
+                         h: Optional[float] = None, chunk_size: int = 64) -> Tensor:
+    """Principal curvatures of the level set of ``F = f_label − f_other`` through each input (eq. 6).
+
+    Args:
+        model: ``(B, *shape) → (B, C)`` logits.
+        x: inputs ``(B, *shape)``; ``d = prod(shape)``.
+        label: class ``i`` (default: predicted); ``other``: class ``j`` (default: runner-up).
+        h: ``None`` for exact second derivatives, ``> 0`` for the scale-``h`` central
+            difference (needed for piecewise-linear networks, see the module docstring).
+        chunk_size: inputs processed at once (memory ``O(chunk·C·d²)``).
+
+    Returns:
+        ``(B, d − 1)`` float64, ascending, in inverse input units (``1/r`` for a sphere of
+        radius ``r``); ``nan`` where ``∇F = 0`` (no level set).
+    """
+    _check_inputs(model, x)
+    _check_h(h)
+    i, j, _ = _pair(model, x, label, other)
+    outs = []
+    for s in range(0, x.shape[0], chunk_size):
+        _, J, H = logit_hessians(model, x[s:s + chunk_size], h)
+        outs.append(_curvatures_from(J, H, i[s:s + chunk_size], j[s:s + chunk_size])[0])
+    return torch.cat(outs, 0)
+
+
+def average_curvature(model: nn.Module, x: Tensor, label: Labels = None, h: Optional[float] = None,
+                      chunk_size: int = 64, num_probes: Optional[int] = None,
+                      generator: Optional[torch.Generator] = None) -> Tensor:
+    """Average principal curvature ``κ̄_j`` of the boundary between ``label`` and every class ``j``.
+
+    ``κ̄_j = (tr H_F − nᵀ H_F n) / ((d − 1)‖∇F‖)`` with ``F = f_label − f_j`` (module
+    docstring; not seed 003's eq. 7 literally, which is the 3-D formula with the opposite
+    sign).  ``label`` defaults to the predicted class.
+
+    ``num_probes=None``: exact trace from the full (scale-``h``) Hessians.  ``num_probes=k``:
+    Hutchinson estimate ``tr(P H_F P) ≈ mean_m (P z_m)ᵀ H_F (P z_m)`` with ``k`` Rademacher
+    probes per class pair (unbiased; ``O(C·k)`` Hessian-vector products, no ``d²`` memory),
+    for large inputs.
+
+    Returns:
+        ``(B, C)`` float64; the ``label`` column is ``nan``.
+    """
+    _check_inputs(model, x)
+    h = _check_h(h)
+    with torch.no_grad():
+        out = _logits(model, x, x.shape[0])
+    B, C = out.shape
+    i = _labels(label, B, C, x.device, "label")
+    if i is None:
+        i = out.argmax(dim=1)
+    d = x[0].numel()
+    if d < 2:
+        raise ValueError("average curvature needs inputs with at least 2 coordinates")
+    res = torch.full((B, C), float("nan"), dtype=torch.float64, device=x.device)
+    if num_probes is None:
+        for s in range(0, B, chunk_size):
+            sl = slice(s, s + chunk_size)
+            _, J, H = logit_hessians(model, x[sl], h)
+            ii = i[sl]
+            ar = torch.arange(J.shape[0], device=x.device)
+            gF = J[ar, ii][:, None, :] - J  # (b, C, d)
+            HF = H[ar, ii][:, None] - H  # (b, C, d, d)
+            gn = torch.linalg.vector_norm(gF, dim=-1)
+            n = gF / gn.clamp_min(1e-300)[..., None]
+            tr = HF.diagonal(dim1=-2, dim2=-1).sum(-1)
+            nHn = torch.einsum("bcd,bcde,bce->bc", n, HF, n)
+            kb = (tr - nHn) / ((d - 1) * gn)
+            kb = torch.where(gn > 0, kb, torch.full_like(kb, float("nan")))
+            kb[ar, ii] = float("nan")
+            res[sl] = kb
+        return res
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"num_probes must be None or a positive int, got {num_probes!r}")
+    for c in range(C):
+        mask = i != c
+        if not bool(mask.any()):
+            continue
+        jj = torch.full((B,), c, dtype=torch.int64, device=x.device)
+        xs, ii, jj = x[mask], i[mask], jj[mask]
+        b = xs.shape[0]
+        _, g = _grad_F(model, xs, ii, jj)
+        g = g.to(torch.float64)
+        gn = torch.linalg.vector_norm(g, dim=-1)
+        n = g / gn.clamp_min(1e-300)[:, None]
+        zs = torch.randint(0, 2, (num_probes, b, d), generator=generator, device=x.device).to(torch.float64) * 2 - 1
+        pz = zs - (zs * n).sum(-1, keepdim=True) * n  # P z
+        hv = _hvp(model, xs, pz.to(x.dtype), ii, jj, h).to(torch.float64)
+        tr = (pz * hv).sum(-1).mean(0)
+        kb = tr / ((d - 1) * gn)
+        res[mask, c] = torch.where(gn > 0, kb, torch.full_like(kb, float("nan")))
+    return res
+
+
+def curvature_score(model: nn.Module, x: Tensor, h: Optional[float] = None, chunk_size: int = 64,
+                    num_probes: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Perturbed-input detector score ``Σ_{j≠i} κ̄_j(x)`` (B,), ``i`` the predicted class (seed 003 §3.2.1).
+
+    Larger means "more likely perturbed" in the seed's reading.  Arguments as in
+    :func:`average_curvature`.
+    """
+    kb = average_curvature(model, x, None, h, chunk_size, num_probes, generator)
+    return torch.nan_to_num(kb, nan=0.0).sum(1)
+
+
+def estimate_original_label(model: nn.Module, x: Tensor, h: Optional[float] = None, chunk_size: int = 64,
+                            num_probes: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``argmax_{j≠i} κ̄_j(x)`` (B,) int64: seed 003 §3.2.2's guess of the class before an attack."""
+    kb = average_curvature(model, x, None, h, chunk_size, num_probes, generator)
+    return torch.nan_to_num(kb, nan=float("-inf")).argmax(1)
+
+
+def boundary_point(model: nn.Module, x: Tensor, x_far: Tensor, label: Labels = None, other: Labels = None,
+                   iterations: int = 40) -> Tuple[Tensor, Tensor]:
+    """Point of ``{f_label = f_other}`` on each segment ``[x, x_far]`` by bisection (seed 003 Fig. 2).
+
+    ``x``, ``x_far``: (B, ...) (e.g. ``x_far`` an adversarial example); ``label`` defaults to
+    the prediction at ``x`` and ``other`` to the prediction at ``x_far`` where it differs,
+    else the runner-up at ``x``.  Returns ``(z, found)``: ``z`` (B, ...) with ``F(z) ≥ 0`` on the
+    ``x`` side within ``2^{−iterations}`` of the segment length, and ``found`` (B,) bool —
+    ``False`` where ``F`` does not change sign on the segment (``z = x`` there).
+    """
+    _check_inputs(model, x)
+    _check_inputs(model, x_far)
+    if x_far.shape != x.shape:
+        raise ValueError(f"x_far must have x's shape {tuple(x.shape)}, got {tuple(x_far.shape)}")
+    B = x.shape[0]
+    with torch.no_grad():
+        o0 = _logits(model, x, B)
+        o1 = _logits(model, x_far, B)
+        C = o0.shape[1]
+        i = _labels(label, B, C, x.device, "label")
+        i = o0.argmax(1) if i is None else i
+        j = _labels(other, B, C, x.device, "other")
+        if j is None:
+            p1 = o1.argmax(1)
+            runner = o0.scatter(1, i[:, None], float("-inf")).argmax(1)
+            j = torch.where(p1 != i, p1, runner)
+        F0, F1 = _F(o0, i, j), _F(o1, i, j)
+        found = (F0 > 0) & (F1 <= 0)
+        lo = torch.zeros(B, dtype=x.dtype, device=x.device)
+        hi = torch.ones(B, dtype=x.dtype, device=x.device)
+        shape = (B,) + (1,) * (x.dim() - 1)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            Fm = _F(_logits(model, x + mid.reshape(shape) * (x_far - x), B), i, j)
+            pos = Fm > 0
+            lo = torch.where(pos, mid, lo)
+            hi = torch.where(pos, hi, mid)
+        t = torch.where(found, lo, torch.zeros_like(lo))
+        return (x + t.reshape(shape) * (x_far - x)).detach(), found
