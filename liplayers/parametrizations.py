@@ -163,31 +163,47 @@ class BjorckOrthonormal(nn.Module):
             return w.to(v.dtype)
 
     # -- parametrization protocol -------------------------------------------------------------
+    # The two helpers below read the parameter's version counter to decide whether to
+    # retract / recompute. Under ``torch.compile`` that check must run on every call (a
+    # compiled graph does not guard on ``_version``: a traced check went stale after an
+    # optimizer step and kept using the un-retracted weight), so they always run eagerly
+    # (``torch.compiler.disable``; one graph break per layer, a few small matrix products).
+    @torch.compiler.disable
+    def _retract_if_changed(self, v: Tensor) -> None:
+        """Retract the stored parameter in place (no grad) if it changed since the last call."""
+        if self._retracted_key != _version_key(v):
+            q = self.orthonormalize(v)
+            with torch.no_grad():
+                v.copy_(q)  # retraction of the stored parameter onto the manifold
+            self._retracted_key = _version_key(v)
+
+    @torch.compiler.disable
+    def _eval_weight(self, v: Tensor) -> Tensor:
+        """The eval-mode weight, cached per version of the stored parameter (no grad)."""
+        key = _version_key(v)
+        if self._cache_key != key:
+            if self.mode == "differentiable":
+                tol = self.tol if self.tol is not None else default_tolerance(v.dtype)
+                with torch.no_grad():
+                    w = bjorck(v.detach().to(_compute_dtype(v.dtype)), iterations=self.max_iterations, tol=tol,
+                               order=self.order).to(v.dtype)
+                self._cache = w
+            else:
+                self._cache = v.detach() if self._retracted_key == key else self.orthonormalize(v)
+            self._cache_key = key
+        return self._cache
+
     def forward(self, v: Tensor) -> Tensor:
         if v.dim() != 2:
             raise ValueError(f"BjorckOrthonormal expects a 2-D weight (out, in), got shape {tuple(v.shape)}")
+        if not self.training:
+            return self._eval_weight(v)
         if self.mode == "differentiable":
-            if not self.training and self._cache_key == _version_key(v):
-                return self._cache
             tol = self.tol if self.tol is not None else default_tolerance(v.dtype)
-            w = bjorck(v.to(_compute_dtype(v.dtype)), iterations=self.max_iterations, tol=tol,
-                       order=self.order).to(v.dtype)
-            if not self.training:
-                self._cache_key, self._cache = _version_key(v), w.detach()
-            return w
-        # retract mode
-        key = _version_key(v)
-        if self.training:
-            if self._retracted_key != key:
-                q = self.orthonormalize(v)
-                with torch.no_grad():
-                    v.copy_(q)  # retraction of the stored parameter onto the manifold
-                self._retracted_key = _version_key(v)
-            return v
-        if self._cache_key != key:
-            self._cache = v.detach() if self._retracted_key == key else self.orthonormalize(v)
-            self._cache_key = key
-        return self._cache
+            return bjorck(v.to(_compute_dtype(v.dtype)), iterations=self.max_iterations, tol=tol,
+                          order=self.order).to(v.dtype)
+        self._retract_if_changed(v)
+        return v
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """Any full-rank weight is accepted; it is orthonormalized at the next forward."""
@@ -244,6 +260,10 @@ class SpectralNormalized(nn.Module):
             raise ValueError(f"SpectralNormalized expects a 2-D weight, got shape {tuple(v.shape)}")
         if self.training:
             return (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=True)).to(v.dtype)
+        return self._eval_weight(v)
+
+    @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
+    def _eval_weight(self, v: Tensor) -> Tensor:
         key = _version_key(v)
         if self._cache_key != key:
             with torch.no_grad():
