@@ -5,7 +5,7 @@ Public layers are importable from the top level; the pure tensor algorithms live
 """
 from . import functional
 from .activations import FullSort, GroupSort, MaxMin
-from .containers import Sequential
+from .containers import Residual, Sequential
 from .export import export
 from .linear import BjorckLinear, SpectralLinear
 from .lipschitz import LipschitzModule, UnboundedModuleError, lipschitz_bound_of, register_lipschitz_bound
@@ -30,6 +30,7 @@ __all__ = [
     "MaxMin",
     "FullSort",
     "Sequential",
+    "Residual",
     "export",
     "LipschitzModule",
     "UnboundedModuleError",

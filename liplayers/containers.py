@@ -1,11 +1,12 @@
 """Containers that know a guaranteed Lipschitz bound of what they compose."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from .lipschitz import LipschitzModule, compose_bounds
+from .lipschitz import LipschitzModule, compose_bounds, lipschitz_bound_of
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "Residual"]
 
 
 class Sequential(nn.Sequential, LipschitzModule):
@@ -25,3 +26,35 @@ class Sequential(nn.Sequential, LipschitzModule):
         from .export import export  # same layer of the library
 
         return nn.Sequential(*[export(m) for m in self])
+
+
+class Residual(LipschitzModule):
+    """Convex residual connection y = (1 − α)·x + α·f(x), with f preserving the shape.
+
+    By the triangle inequality its L2 Lipschitz constant is at most (1 − α) + α·L_f, so with a
+    1-Lipschitz f the block is 1-Lipschitz for every α ∈ [0, 1] (a plain x + f(x) would be
+    2-Lipschitz). Shapes: input (*), f(input) must have the same shape.
+
+    Args:
+        module: the residual branch f.
+        alpha: weight of the branch, in [0, 1].
+    """
+
+    def __init__(self, module: nn.Module, alpha: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"Residual: alpha must be in [0, 1], got {alpha}")
+        self.module = module
+        self.alpha = float(alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.module(x)
+        if y.shape != x.shape:
+            raise ValueError(f"Residual: the branch changed the shape {tuple(x.shape)} -> {tuple(y.shape)}")
+        return (1.0 - self.alpha) * x + self.alpha * y
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        return (1.0 - self.alpha) + self.alpha * lipschitz_bound_of(self.module, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"

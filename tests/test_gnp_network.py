@@ -94,3 +94,22 @@ def test_state_dict_round_trip_and_modes():
     a.train()
     with torch.no_grad():  # train mode under no_grad: same function (parameters already retracted)
         assert torch.allclose(a(x), b(x), atol=1e-10)
+
+
+def test_residual_bound_against_jacobian_svd_and_pairs():
+    branch = L.Sequential(L.BjorckLinear(8, 8, dtype=torch.float64), L.MaxMin())
+    lin = nn.Linear(8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.mul_(3.0 / torch.linalg.matrix_norm(lin.weight, ord=2))  # L_f = 3
+    block = L.Residual(nn.Sequential(branch, lin), alpha=0.25).eval()
+    bound = L.lipschitz_bound_of(block)
+    assert bound == pytest.approx(0.75 + 0.25 * 3.0, rel=1e-6)
+    x = torch.randn(200, 8, dtype=torch.float64)
+    jac = torch.func.vmap(torch.func.jacrev(block))(x)
+    assert float(torch.linalg.matrix_norm(jac.detach(), ord=2).max()) <= bound
+    with pytest.raises(ValueError, match="alpha"):
+        L.Residual(branch, alpha=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        L.Residual(nn.Linear(8, 4))(torch.randn(2, 8))
+    exported = L.export(L.Sequential(block))
+    assert torch.allclose(exported(x), block(x), atol=1e-12)
