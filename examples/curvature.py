@@ -6,12 +6,15 @@ Björck + MaxMin, τ-cross-entropy) and, with :mod:`liplayers.curvature`:
 
 1. **Curvature profile** (seed 003 Fig. 3): the principal curvatures (eq. 6) of the boundary
    between the predicted class and each other class, sorted and averaged over test inputs.
-2. **Average curvature** ``κ̄_j`` (trace form; seed 003 eq. 7 up to a factor
-   ``−(d−1)/2``, see :mod:`liplayers.curvature`) and the **detector** score
-   ``Σ_{j≠i} κ̄_j``: test inputs are split in two halves; the first half stays clean, the
-   second is attacked by L2 PGD (:func:`liplayers.attacks.pgd_attack`) and only successful
-   attacks are kept (seed 003 §3.2.1).  ROC curve and AUC (scikit-learn) of the score
-   separating perturbed from clean inputs, and the accuracy of the best threshold.
+2. **Average curvature** ``κ̄_j`` (trace form of eqs. 5–6) and the **detector** (seed 003
+   §3.2.1): test inputs are split in two halves; the first half stays clean, the second is
+   attacked by L2 PGD (:func:`liplayers.attacks.pgd_attack`) and only successful attacks are
+   kept; an input is flagged as perturbed when its score exceeds a threshold.  The seed's
+   score sums its eq. 7, which equals ``−(d−1)/2 · κ̄_j`` (Goldman's orientation, see
+   :mod:`liplayers.curvature`), so the two conventions flag opposite tails: we report the
+   AUC (scikit-learn) of both, ``Σ_{j≠i} κ̄_j`` and the eq. 7 score (``= 1 − the former``),
+   plot the ROC of the eq. 7 score (the seed's detector), and the accuracy of its best
+   threshold (balanced).
 3. **Relabelling** (seed 003 §3.2.2): how often ``argmax_{j≠i} κ̄_j`` at the perturbed
    input recovers the class predicted before the attack.
 
@@ -92,10 +95,16 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     profile = torch.cat(prof, 0)
     kb_clean = average_curvature(model, xc, h=h)
     kb_pert = average_curvature(model, xp, h=h) if xp.shape[0] else torch.empty(0, C, dtype=torch.float64)
+    d = x[0].numel()
     score_c = torch.nan_to_num(kb_clean, nan=0.0).sum(1).numpy()
     score_p = torch.nan_to_num(kb_pert, nan=0.0).sum(1).numpy()
-    roc = _roc(score_c, score_p) if len(score_p) and len(score_c) else {"auc": float("nan"), "best_accuracy": float("nan"),
-                                                                        "fpr": [], "tpr": []}
+    # the seed's eq. 7 score is −(d−1)/2 · Σ_j κ̄_j (liplayers.curvature docstring): same detector,
+    # opposite direction
+    eq7_c, eq7_p = -(d - 1) / 2 * score_c, -(d - 1) / 2 * score_p
+    empty = {"auc": float("nan"), "best_accuracy": float("nan"), "fpr": [], "tpr": []}
+    ok_both = len(score_p) and len(score_c)
+    roc = _roc(score_c, score_p) if ok_both else empty
+    roc7 = _roc(eq7_c, eq7_p) if ok_both else empty
     if xp.shape[0]:
         ranks = []
         kbp = torch.nan_to_num(kb_pert, nan=float("-inf"))
@@ -112,11 +121,11 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         "n clean": int(xc.shape[0]), "n perturbed": int(xp.shape[0]),
         "mean κ̄ clean": float(score_c.mean() / (C - 1)),
         "mean κ̄ perturbed": float(score_p.mean() / (C - 1)) if len(score_p) else float("nan"),
-        "AUC": roc["auc"], "best-threshold acc": roc["best_accuracy"],
+        "AUC Σκ̄": roc["auc"], "AUC eq.7 score": roc7["auc"], "best-threshold acc": roc7["best_accuracy"],
         "relabel top-1": float(np.mean(ranks == 1)) if len(ranks) else float("nan"),
         "_profile": profile.sort(1).values.mean(0).numpy(),
         "_profile_abs_median": float(profile.abs().median()),
-        "_roc": roc, "_ranks": ranks, "_scores": (score_c, score_p),
+        "_roc": roc7, "_ranks": ranks, "_scores": (eq7_c, eq7_p),
     }
 
 
@@ -159,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             rows.append({k: v for k, v in a.items() if not k.startswith("_")})
 
     cols = ["model", "clean acc", "attack success", "n clean", "n perturbed", "mean κ̄ clean", "mean κ̄ perturbed",
-            "AUC", "best-threshold acc", "relabel top-1", "train s"]
+            "AUC Σκ̄", "AUC eq.7 score", "best-threshold acc", "relabel top-1", "train s"]
     print_table(rows, cols, digits=3, title=f"Curvature detector on digits (L2 PGD ε = {args.eps}, h = {args.h})")
 
     # ---- figures
@@ -185,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     ax.plot([0, 1], [0, 1], ":", color="gray", label="chance")
     ax.set_xlabel("false positive rate (clean flagged as perturbed)")
     ax.set_ylabel("true positive rate (perturbed detected)")
-    ax.set_title(r"ROC of the detector: score $\sum_{j\neq i}\bar\kappa_j$ > threshold")
+    ax.set_title("ROC of the detector: seed 003 eq. 7 score > threshold")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     for ax, (name, a), c in zip(axes[1:], analyses.items(), ("tab:blue", "tab:orange")):
@@ -194,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         bins = np.linspace(both.min(), both.max(), 30) if len(both) else 10
         ax.hist(sc, bins=bins, color=c, alpha=0.35, label=f"clean (n = {len(sc)})")
         ax.hist(sp, bins=bins, histtype="step", color="k", lw=1.5, label=f"PGD-perturbed (n = {len(sp)})")
-        ax.set_xlabel(r"detector score $\sum_{j\neq i}\bar\kappa_j$ (1/pixel units)")
+        ax.set_xlabel(r"eq. 7 score $-\frac{d-1}{2}\sum_{j\neq i}\bar\kappa_j$ (1/pixel units)")
         ax.set_ylabel("count")
         ax.set_title(name)
         ax.legend(fontsize=8)
