@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from .functional.conv import (
     _pair,
+    circular_conv2d,
     _spatial,
     circular_conv_norm,
     conv2d_lipschitz_bound,
@@ -341,6 +342,8 @@ class OrthoConv2d(LipschitzModule):
         (pt, pb), (pl, pr) = self._pads
         if self.padding_mode == "zeros" and pt == pb and pl == pr:
             return F.conv2d(x, k, self.bias, 1, (pt, pl), self.dilation)
+        if self.padding_mode == "circular" and pt == pb and pl == pr:
+            return circular_conv2d(x, k, self.bias, self.dilation)
         mode = "constant" if self.padding_mode == "zeros" else "circular"
         return F.conv2d(F.pad(x, (pl, pr, pt, pb), mode=mode), k, self.bias, 1, 0, self.dilation)
 
@@ -508,6 +511,15 @@ class _ConvLipschitzMixin(LipschitzModule):
         """Guaranteed bound of the eval operator (:func:`conv2d_lipschitz_bound` of its kernel)."""
         return conv2d_lipschitz_bound(self.eval_weight(), input_shape, self.stride, self.padding,
                                       self.dilation, self.padding_mode, self.groups)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if (self.padding_mode == "circular" and self.stride == (1, 1)
+                and all(p0 == p1 for p0, p1 in zip(self._reversed_padding_repeated_twice[::2],
+                                                     self._reversed_padding_repeated_twice[1::2]))
+                and all(self.dilation[i] * (self.kernel_size[i] - 1) == 2 * self._reversed_padding_repeated_twice[2 - 2 * i]
+                        for i in range(2))):
+            return circular_conv2d(input, weight, bias, self.dilation, self.groups)
+        return super()._conv_forward(input, weight, bias)
 
     def to_torch(self) -> nn.Conv2d:
         k = self.eval_weight()

@@ -164,3 +164,19 @@ def test_bound_validates_input():
         conv2d_lipschitz_bound(torch.randn(2, 2, 3, 3), (2, 8, 8), padding=1, padding_mode="mirror")
     with pytest.raises(ValueError, match="non-finite"):
         conv2d_lipschitz_bound(torch.full((2, 2, 3, 3), float("nan")))
+
+
+@pytest.mark.parametrize("ks,dil,groups", [((3, 3), 1, 1), ((3, 5), 1, 1), ((3, 3), 2, 2), ((1, 1), 1, 1)])
+def test_circular_conv2d_matches_pad_and_gradcheck(ks, dil, groups):
+    from liplayers.functional.conv import circular_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(6, 4 // groups, *ks, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ph, pw = dil * (ks[0] - 1) // 2, dil * (ks[1] - 1) // 2
+    ref = F.conv2d(F.pad(x, (pw, pw, ph, ph), mode="circular"), k, b, dilation=dil, groups=groups)
+    assert torch.allclose(circular_conv2d(x, k, b, dil, groups), ref, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, k, b: circular_conv2d(x, k, b, dil, groups), (x, k, b))
+    with pytest.raises(ValueError, match="odd"):
+        circular_conv2d(x, torch.randn(6, 4, 2, 2, dtype=torch.float64))

@@ -57,6 +57,7 @@ __all__ = [
     "padding_multiplicity",
     "window_multiplicity",
     "grouped_to_dense_kernel",
+    "circular_conv2d",
 ]
 
 _MARGIN = 1.0 + 1e-9
@@ -436,3 +437,54 @@ def conv_operator_power_iteration(
     with torch.no_grad():
         sigma = op(u).norm()
     return sigma.detach(), u.detach()
+
+
+class _CircularConv2d(torch.autograd.Function):
+    """Circular 'same' convolution, stride 1, with a direct adjoint in backward.
+
+    The adjoint of a circular cross-correlation with kernel K (span 2p) is the circular
+    cross-correlation with the flipped, channel-transposed kernel and the same padding, so
+    the input gradient is one more circular convolution of the output gradient (instead of a
+    convolution onto the padded grid followed by folding the borders back, as autograd
+    through ``F.pad`` does); the kernel gradient is that of a valid convolution of the
+    padded input.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, bias, ph, pw, dilation, groups):  # type: ignore[override]
+        xp = F.pad(x, (pw, pw, ph, ph), mode="circular")
+        ctx.save_for_backward(xp, kernel)
+        ctx.conf = (ph, pw, dilation, groups, bias is not None)
+        return F.conv2d(xp, kernel, bias, 1, 0, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        xp, kernel = ctx.saved_tensors
+        ph, pw, dilation, groups, has_bias = ctx.conf
+        gx = gk = gb = None
+        if ctx.needs_input_grad[0]:
+            out, in_g = kernel.shape[:2]
+            kt = kernel.reshape(groups, out // groups, in_g, *kernel.shape[2:]).transpose(1, 2)
+            kt = kt.reshape(groups * in_g, out // groups, *kernel.shape[2:]).flip(-2, -1)
+            gx = F.conv2d(F.pad(gy, (pw, pw, ph, ph), mode="circular"), kt, None, 1, 0, dilation, groups)
+        if ctx.needs_input_grad[1]:
+            gk = torch.ops.aten.convolution_backward(gy, xp, kernel, None, [1, 1], [0, 0], list(dilation), False,
+                                                     [0, 0], groups, [False, True, False])[1]
+        if has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        return gx, gk, gb, None, None, None, None
+
+
+def circular_conv2d(x: Tensor, kernel: Tensor, bias: Optional[Tensor] = None, dilation: IntPair = 1,
+                    groups: int = 1) -> Tensor:
+    """``conv2d`` with circular 'same' padding, stride 1 (odd dilated kernel spans).
+
+    Equals ``F.conv2d(F.pad(x, p, mode='circular'), kernel, bias, dilation=d)`` with
+    p = d(k − 1)/2 per axis; the backward pass applies the adjoint directly (faster).
+    Shapes: x (B, in, H, W), kernel (out, in/groups, kh, kw) → (B, out, H, W).
+    """
+    d = _pair(dilation, "dilation")
+    kh, kw = kernel.shape[-2:]
+    if (d[0] * (kh - 1)) % 2 or (d[1] * (kw - 1)) % 2:
+        raise ValueError(f"circular_conv2d needs odd dilated kernel spans, got kernel {(kh, kw)}, dilation {d}")
+    return _CircularConv2d.apply(x, kernel, bias, d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2, d, groups)
