@@ -494,6 +494,14 @@ class _OperatorNormalized(nn.Module):
     def right_inverse(self, w: Tensor) -> Tensor:
         return w
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the power-iteration buffer is allocated at the first forward (its shape depends on the
+        # input size): adopt the saved shape so checkpoints load into a fresh module
+        saved = state_dict.get(prefix + "u")
+        if saved is not None and saved.shape != self.u.shape:
+            self.u = torch.empty_like(saved, device=self.u.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class _ConvLipschitzMixin(LipschitzModule):
     """Shared eval-weight / export / bound code for parametrized ``nn.Conv2d`` subclasses."""

@@ -193,10 +193,11 @@ def test_export_equivalence(cls, kw):
     assert lipschitz_bound_of(plain, (4, H, W)) >= sv.max()
 
 
-def test_state_dict_round_trip():
+@pytest.mark.parametrize("cls", [OrthoConv2d, SpectralConv2d, RKOConv2d])
+def test_state_dict_round_trip(cls):
     torch.manual_seed(0)
-    a = trained(OrthoConv2d(4, 4, 3, dtype=torch.float64), 4)
-    b = OrthoConv2d(4, 4, 3, dtype=torch.float64)
+    a = trained(cls(4, 4, 3, dtype=torch.float64), 4)
+    b = cls(4, 4, 3, dtype=torch.float64)
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 4, H, W, dtype=torch.float64)
     assert torch.allclose(a.eval()(x), b.eval()(x), atol=1e-12)
