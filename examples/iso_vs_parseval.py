@@ -217,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             ax.plot([BUDGETS[0]], [cert], "*", ms=12, color=colors[m], mec="k")
     ax.plot([], [], "*", color="w", mec="k", ms=12, label=f"certified at L∞ {BUDGETS[0]:g}")
     ax.set_xlabel("L∞ attack budget ε (pixels in [0, 1])")
-    ax.set_ylabel("accuracy (clean at ε = 0, else robust under PGD-40)")
+    ax.set_ylabel(f"accuracy (clean at ε = 0, else robust under PGD-{attack_steps})")
     ax.set_title(f"Robust accuracy on {args.dataset} (band: min–max over {n_seeds} seeds)")
     ax.set_xticks(budgets)
     ax.set_ylim(-0.02, 1.02)
