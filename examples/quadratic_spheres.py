@@ -18,6 +18,8 @@ Models (single logit ``f``, class 1 iff ``f > 0``):
     orthogonal — a 1×1 orthogonal matrix is ``±1``, a disconnected set, so ``w`` keeps the
     sign it is initialized with.  We run it both ways: free ``w``, and ``w`` read through
     :class:`liplayers.BjorckLinear` ``(1, 1)`` initialized at ``+1`` and at ``−1``.
+    Since ``‖Wx‖ = ‖x‖`` for any orthonormal ``W``, ``W`` is frozen during training (same
+    function, no retraction of a ``d₁×d`` weight per step); only ``(w, b)`` learn.
 (c) **GNP MLP**: ``BjorckLinear → MaxMin → BjorckLinear → MaxMin → BjorckLinear(·, 1)``,
     trained with the binary hinge loss.
 
@@ -38,6 +40,18 @@ certified accuracy at several radii; ``0.15 = (R − 1)/2`` is half the gap betw
 spheres: the most any classifier can certify on both spheres at once (only the middle
 sphere reaches it, and then exactly, so with the floating-point safety margin the
 certified fraction at 0.15 is at most about one half — see radius 0.14 for the picture).
+
+What to expect (d = 500, ~5·10⁵ training samples).  (a) reaches ~1% test error but only a
+few percent of its ``α_i`` lie in ``[1/R², 1]`` (most are near 0, as seed 004 reports at
+2·10⁵ samples): the boundary ellipsoid cuts through both spheres, and PGD finds adversarial
+examples within 0.15 for almost every point.  (b) has zero error and certified radii equal
+to the exact distance to its boundary sphere ``c = √(−b/w)``, but the logistic loss does not
+put the boundary in the middle (1.15): its balance point *in f-space* is
+``c = √((1 + R²)/2) ≈ 1.160`` ((b') lands there: 1.1597, so the outer sphere is certified at
+0.140 only), and the free readout (b) stops elsewhere (1.140 at the default budget, so the
+inner sphere gets 0.140).  The certified fraction at 0.15 is 1/2 either way.  (b'') is perfectly
+wrong (0% accuracy): ``w`` cannot leave ``−1`` and the bias settles at ``(1 + R²)/2``, as the
+seed observed.  (c) generalizes (< 1% error) but certifies far less than (b).
 
 Output (``--out``): ``alpha_histogram.png``, ``certified_accuracy.png``, ``results.json``.
 """
