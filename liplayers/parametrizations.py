@@ -137,7 +137,7 @@ class BjorckOrthonormal(nn.Module):
                 raise ValueError("BjorckOrthonormal: the weight contains non-finite values (NaN or Inf)")
             dtype = _compute_dtype(v.dtype)
             w = v.detach().to(dtype)
-            tol = self.tol if self.tol is not None else default_tolerance(dtype)
+            tol = self.tol if self.tol is not None else default_tolerance(v.dtype)
             steps = 0
             while steps < self.max_iterations:
                 a = gram(w)

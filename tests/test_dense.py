@@ -136,3 +136,17 @@ def test_bad_arguments():
         layer.parametrizations.weight.original.fill_(float("nan"))
     with pytest.raises(ValueError, match="non-finite"):
         layer(torch.randn(1, 3))
+
+
+def test_bfloat16_state_dict_round_trip_is_exact():
+    a = L.BjorckLinear(32, 32, dtype=torch.bfloat16)
+    opt = torch.optim.SGD(a.parameters(), lr=1e-2)
+    a(torch.randn(4, 32, dtype=torch.bfloat16)).float().square().mean().backward()
+    opt.step()
+    a(torch.randn(1, 32, dtype=torch.bfloat16))  # retract the last step
+    b = L.BjorckLinear(32, 32, dtype=torch.bfloat16)
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    assert torch.equal(a.weight, b.weight)  # no re-orthonormalization of a stored weight
+    s = torch.linalg.svdvals(b.weight.double())
+    assert float((s - 1).abs().max()) < 2e-2
