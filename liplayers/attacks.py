@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .functional import random as _rng
 
 from .geometry import get_divergence
 
@@ -99,12 +100,12 @@ def _project(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
 def _random_start(x: Tensor, eps: Tensor, norm: str, generator: Optional[torch.Generator]) -> Tensor:
     e = _per_sample(eps, x)
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        u = _rng.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return (2 * u - 1) * e
     B, n = x.shape[0], x[0].numel()
-    g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    g = _rng.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     gn = _per_sample(_flat_norm(g).clamp_min(torch.finfo(x.dtype).tiny), x)
-    r = torch.rand((B,), generator=generator, dtype=x.dtype, device=x.device) ** (1.0 / n)
+    r = _rng.rand((B,), generator=generator, dtype=x.dtype, device=x.device) ** (1.0 / n)
     return g / gn * _per_sample(r, x) * e
 
 

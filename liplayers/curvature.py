@@ -52,6 +52,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from .functional import random as _rng
 
 __all__ = [
     "decision_gradient",
@@ -380,7 +381,7 @@ def average_curvature(model: nn.Module, x: Tensor, label: Labels = None, h: Opti
         g = g.to(torch.float64)
         gn = torch.linalg.vector_norm(g, dim=-1)
         n = g / gn.clamp_min(1e-300)[:, None]
-        zs = torch.randint(0, 2, (num_probes, b, d), generator=generator, device=x.device).to(torch.float64) * 2 - 1
+        zs = _rng.randint(0, 2, (num_probes, b, d), generator=generator, device=x.device).to(torch.float64) * 2 - 1
         pz = zs - (zs * n).sum(-1, keepdim=True) * n  # P z
         hv = _hvp(model, xs, pz.to(x.dtype), ii, jj, h).to(torch.float64)
         tr = (pz * hv).sum(-1).mean(0)

@@ -96,3 +96,16 @@ def test_tuned_cubic_step_beats_taylor_and_its_prediction_holds(e):
     taylor = float(orthogonality_error(bjorck_step(w, order=5)))
     assert tuned <= predicted_error(e, 5, tuned=True)
     assert tuned < 0.4 * taylor
+
+
+def test_random_wrappers_use_the_generator_device():
+    from liplayers.functional import random as rng
+
+    g = torch.Generator().manual_seed(3)
+    with pytest.raises(RuntimeError):
+        torch.randn(3, generator=g, device="meta")  # what the wrappers avoid
+    assert rng.randn(3, generator=torch.Generator().manual_seed(3), device="meta").device.type == "meta"
+    a = rng.randn(2, 3, generator=torch.Generator().manual_seed(3), device="cpu")
+    assert torch.equal(a, torch.randn(2, 3, generator=torch.Generator().manual_seed(3)))
+    assert rng.randint(0, 2, (5,), generator=g, device="meta").shape == (5,)
+    assert rng.rand((4,), generator=g, dtype=torch.float64, device="meta").dtype == torch.float64

@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from ..functional import random as _rng
 
 from ..lipschitz import LipschitzModule, UnboundedModuleError, lipschitz_bound_of
 from ..lipschitz import _REGISTRY  # read-only: which plain torch types have a registered bound
@@ -161,7 +162,7 @@ def _local_norm_power(model: nn.Module, x: Tensor, iterations: int, generator) -
     with torch.enable_grad():
         out = _outputs(model, xr)
     B, C = out.shape
-    u = torch.randn((B, C), generator=generator, dtype=out.dtype, device=out.device)
+    u = _rng.randn((B, C), generator=generator, dtype=out.dtype, device=out.device)
     u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
     sigma = torch.zeros(B, dtype=torch.float64, device=out.device)
     dummy = torch.zeros_like(out, requires_grad=True)
@@ -261,7 +262,7 @@ def lipschitz_lower_bound(
                         direction = None if gx is None else gx.detach()
             except RuntimeError:  # an op without double backward: fall back to random search
                 direction = None
-            rnd = torch.randn(cur.shape, generator=generator, dtype=cur.dtype, device=cur.device)
+            rnd = _rng.randn(cur.shape, generator=generator, dtype=cur.dtype, device=cur.device)
             if direction is None:
                 direction = rnd
             else:

@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from ..functional import random as _rng
 
 from .margins import ABSTAIN
 
@@ -130,7 +131,7 @@ class SmoothedClassifier:
             for start in range(0, total, batch_size):
                 end = min(start + batch_size, total)
                 idx = torch.arange(start, end, device=x.device) // num
-                noise = torch.randn((end - start,) + tuple(x.shape[1:]), generator=generator, dtype=x.dtype,
+                noise = _rng.randn((end - start,) + tuple(x.shape[1:]), generator=generator, dtype=x.dtype,
                                     device=x.device)
                 cls = self._classes(self.base(x[idx] + self.sigma * noise))
                 if counts is None:

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from . import random as _rng
 
 __all__ = ["power_iteration", "gram_spectral_bound", "spectral_norm_exact"]
 
@@ -47,7 +48,7 @@ def power_iteration(
         w = w.detach()
         m = w.shape[-2]
         if u is None:
-            u = torch.randn(w.shape[:-1], dtype=w.dtype, device=w.device, generator=generator)
+            u = _rng.randn(w.shape[:-1], dtype=w.dtype, device=w.device, generator=generator)
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.real.dtype).tiny)
         sigma = torch.zeros(w.shape[:-2], dtype=w.real.dtype, device=w.device)
         v = None

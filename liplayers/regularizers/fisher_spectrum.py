@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jvp, vjp
+from ..functional import random as _rng
 
 from ..geometry import sphere_coordinates
 from .iso import sqrt_prob_jacobian
@@ -151,7 +152,7 @@ def fisher_max_eigenvalue(
 
     B = x.shape[0]
     xd = x.detach()
-    v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    v = _rng.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         _, pull = vjp(mu_of, xd)
         for _ in range(iterations):

@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, jvp, vmap
+from ..functional import random as _rng
 
 from ..geometry import delta_m, sphere_coordinates
 
@@ -173,10 +174,10 @@ def _target(mu: Tensor, K: float) -> Tensor:
 
 def _probes(shape, k, probe, generator, dtype, device):
     if probe == "rademacher":
-        r = torch.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
+        r = _rng.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
         return (2 * r - 1).to(dtype)
     if probe == "gaussian":
-        return torch.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
+        return _rng.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
     raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, jvp, vmap
+from ..functional import random as _rng
 
 __all__ = ["jacobian_penalty", "JacobianLoss"]
 
@@ -41,10 +42,10 @@ def _transform(out: Tensor, target: str) -> Tensor:
 
 def _probes(shape, k, probe, generator, dtype, device):
     if probe == "rademacher":
-        r = torch.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
+        r = _rng.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
         return (2 * r - 1).to(dtype)
     if probe == "gaussian":
-        return torch.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
+        return _rng.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
     raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
 
 
