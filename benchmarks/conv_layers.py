@@ -80,6 +80,8 @@ def implementations() -> Dict[str, Tuple[Callable[[], nn.Module], str]]:
                                                "circular")
     except ImportError:
         pass
+    # orthogonium.legacy.block_ortho_conv.BCOP (the original Li et al. code) allocates its bias with
+    # .cuda() and cannot run on a CPU-only torch; its maintained BCOP is AOC's FastBlockConv2d above.
     try:
         from orthogonium.layers.conv.AOL.aol import AOLConv2D
 
@@ -105,7 +107,9 @@ def eval_forward(m: nn.Module, x: torch.Tensor) -> None:
 
 def plain_kernel(m: nn.Module) -> Optional[torch.Tensor]:
     """The kernel of a layer that is exactly one stride-1 conv with 'same' circular padding."""
-    if isinstance(m, L.OrthoConv2d):
+    if isinstance(m, L.OrthoConv2d) and m.stride == (1, 1):
+        return m.eval_weight()
+    if isinstance(m, (L.SpectralConv2d, L.RKOConv2d)) and m.stride == (1, 1):
         return m.eval_weight()
     if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:
         m.eval()

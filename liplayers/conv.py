@@ -19,7 +19,7 @@ it is orthogonal.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,6 @@ from .functional.conv import (
     _spatial,
     circular_conv_norm,
     conv2d_lipschitz_bound,
-    conv2d_operator,
     conv_operator_power_iteration,
     grouped_to_dense_kernel,
     resolve_padding,

@@ -180,3 +180,18 @@ def test_circular_conv2d_matches_pad_and_gradcheck(ks, dil, groups):
     assert torch.autograd.gradcheck(lambda x, k, b: circular_conv2d(x, k, b, dil, groups), (x, k, b))
     with pytest.raises(ValueError, match="odd"):
         circular_conv2d(x, torch.randn(6, 4, 2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode,pad", [("zeros", 1), ("zeros", "same"), ("circular", 1), ("reflect", 2)])
+def test_conv2d_operator_and_power_iteration_lower_bound(mode, pad):
+    from liplayers.functional.conv import conv2d_operator, conv_operator_power_iteration
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=pad, padding_mode=mode, bias=False, dtype=torch.float64)
+    op = conv2d_operator(conv.weight.detach(), conv.stride, conv.padding, conv.dilation, mode)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    assert torch.allclose(op(x), conv(x), atol=1e-12)
+    sigma, u = conv_operator_power_iteration(op, torch.randn(1, 3, 8, 8, dtype=torch.float64), iterations=200)
+    exact = float(operator_singular_values(conv, (3, 8, 8)).max())
+    assert float(sigma) <= exact * (1 + 1e-12)
+    assert float(sigma) >= 0.99 * exact
