@@ -133,7 +133,7 @@ def bcop_kernel(ortho: Tensor, projectors: Tensor, kernel_size: Tuple[int, int])
     axes = [2] * (kh - 1) + [3] * (kw - 1)
     for t, axis in enumerate(axes):
         k = _compose_tap(k, projectors[t], axis, left)
-    return k
+    return k.contiguous()  # einsum may return a permuted layout: conv2d is ~20% slower on it
 
 
 def _bcop_structural_bound(ortho: Tensor, projectors: Tensor, kernel_size: Tuple[int, int],
