@@ -74,6 +74,12 @@ def lipschitz_bound_of(module: nn.Module, input_shape: Shape = None) -> float:
         return float(module.lipschitz_bound(input_shape))
     for klass in type(module).__mro__:
         if klass in _REGISTRY:
+            if type(module).forward is not klass.forward:
+                raise UnboundedModuleError(
+                    f"{type(module).__name__} subclasses {klass.__name__} but overrides forward: the bound "
+                    f"registered for {klass.__name__} does not apply. Make it a LipschitzModule or register "
+                    "a bound for its class"
+                )
             return float(_REGISTRY[klass](module, input_shape))
     raise UnboundedModuleError(
         f"no Lipschitz bound is known for module {type(module).__name__} ({module!r}); "

@@ -117,3 +117,18 @@ def test_residual_bound_against_jacobian_svd_and_pairs():
         L.Residual(nn.Linear(8, 4))(torch.randn(2, 8))
     exported = L.export(L.Sequential(block))
     assert torch.allclose(exported(x), block(x), atol=1e-12)
+
+
+def test_subclass_overriding_forward_is_not_bounded_as_its_parent():
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(UnboundedModuleError, match="overrides forward"):
+        L.lipschitz_bound_of(Doubled(3, 3))
+
+    class Renamed(nn.Linear):  # same forward: the parent's bound applies
+        pass
+
+    lin = Renamed(3, 3)
+    assert L.lipschitz_bound_of(lin) >= float(torch.linalg.matrix_norm(lin.weight.detach(), ord=2))
