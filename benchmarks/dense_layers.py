@@ -1,7 +1,8 @@
 """Dense 1-Lipschitz layers side by side: train step, eval forward and orthogonality.
 
-Every implementation is first trained for ``--warmup`` Adam steps (lr 1e-3) on the same
-random regression task from its default initialization (a realistic state: at
+Every implementation is first trained for ``--warmup`` Adam steps (lr 1e-3; at most
+``--warmup-seconds`` each, the steps done are reported) on the same random regression task
+from its default initialization (a realistic state: at
 initialization an orthogonally initialized layer converges in one iteration and looks faster
 than it is), then timed in interleaved rounds: in each round every implementation runs one
 train step (forward + backward + Adam step, batch 256) and one eval forward; the table
@@ -77,11 +78,11 @@ def singular_range(model: nn.Module, n: int) -> tuple:
     return float(s.min()), float(s.max())
 
 
-def run(n: int, batch: int, warmup: int, rounds: int, only=None) -> list:
+def run(n: int, batch: int, warmup: int, rounds: int, only=None, warmup_seconds: float = 60.0) -> list:
     torch.manual_seed(0)
     target = torch.randn(n, n) / n**0.5
     data = [torch.randn(batch, n) for _ in range(8)]
-    models, opts = {}, {}
+    models, opts, steps_done = {}, {}, {}
     for name, make in implementations(n).items():
         if only and not any(o.lower() in name.lower() for o in only):
             continue
@@ -89,14 +90,20 @@ def run(n: int, batch: int, warmup: int, rounds: int, only=None) -> list:
         m = make()
         o = torch.optim.Adam(m.parameters(), lr=1e-3)
         t0 = time.perf_counter()
-        for i in range(warmup):
-            x = data[i % len(data)]
+        done = 0
+        while done < warmup and time.perf_counter() - t0 < warmup_seconds:
+            x = data[done % len(data)]
             train_step(m, o, x, x @ target)
+            done += 1
         m(data[0])  # a forward after the last step, as in any training loop
         models[name], opts[name] = m, o
-        print(f"  [{n}] {name}: {warmup} warm-up steps in {time.perf_counter() - t0:.1f} s", flush=True)
+        steps_done[name] = done
+        print(f"  [{n}] {name}: {done} warm-up steps in {time.perf_counter() - t0:.1f} s", flush=True)
     times = {k: [] for k in models}
     evals = {k: [] for k in models}
+    for name, m in models.items():  # one untimed step: every timed step then starts, as in
+        x = data[0]                 # training, right after an optimizer step (retraction due)
+        train_step(m, opts[name], x, x @ target)
     for r in range(rounds):
         for name, m in models.items():
             x = data[r % len(data)]
@@ -116,7 +123,7 @@ def run(n: int, batch: int, warmup: int, rounds: int, only=None) -> list:
         m(data[0])
         smin, smax = singular_range(m, n)
         rows.append({
-            "size": n, "layer": name,
+            "size": n, "layer": name, "warmup_steps": steps_done[name],
             "train_ms": 1e3 * min(times[name]), "train_ratio": min(times[name]) / base_t,
             "eval_ms": 1e3 * min(evals[name]), "eval_ratio": min(evals[name]) / base_e,
             "sigma_min": smin, "sigma_max": smax, "max_abs_sigma_minus_1": max(abs(smin - 1), abs(smax - 1)),
@@ -130,18 +137,20 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup-seconds", type=float, default=60.0,
+                    help="cap on each implementation's warm-up time (slow peers get fewer steps; reported)")
     ap.add_argument("--only", nargs="*", help="substrings of layer names to keep (nn.Linear always kept)")
     ap.add_argument("--json", help="write the rows to this JSON file")
     args = ap.parse_args(argv)
     only = (args.only + ["nn.Linear"]) if args.only else None
     rows = []
     for n in args.sizes:
-        rows += run(n, args.batch, args.warmup, args.rounds, only)
+        rows += run(n, args.batch, args.warmup, args.rounds, only, args.warmup_seconds)
     print(f"\nthreads={torch.get_num_threads()}  batch={args.batch}  warm-up={args.warmup} Adam steps  rounds={args.rounds}")
-    print("| in=out | layer | train step ms | × nn.Linear | eval fwd ms | × nn.Linear | σ_min | σ_max | max abs(σ−1) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| in=out | layer | warm-up steps | train step ms | × nn.Linear | eval fwd ms | × nn.Linear | σ_min | σ_max | max abs(σ−1) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['layer']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
+        print(f"| {r['size']} | {r['layer']} | {r['warmup_steps']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
               f"{r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | {r['sigma_min']:.6f} | {r['sigma_max']:.6f} | "
               f"{r['max_abs_sigma_minus_1']:.1e} |")
     if args.json:

@@ -98,20 +98,23 @@ class SpectralLinear(_ParametrizedLinear):
     r"""Linear layer with weight divided by its spectral norm: y = x (V/σ(V))ᵀ + b.
 
     Drop-in for ``nn.Linear``; shapes (*, in_features) → (*, out_features). σ is estimated by
-    power iteration with a persistent vector (buffer ``parametrizations.weight.0.u``) run to
-    a relative tolerance in training, never in eval (cached per parameter version). ‖W‖₂ is 1
-    up to the estimate's error (≤ 1e-4 relative in practice); :meth:`lipschitz_bound` reports
-    the exact norm. Unlike :class:`BjorckLinear` it does not preserve gradient norms (only the
-    top singular value is 1).
+    power iteration with a persistent vector (buffer ``parametrizations.weight.0.u``):
+    ``train_iterations`` per training forward, and in eval refined to a relative tolerance
+    once per parameter version (cached; no iteration per eval forward). ‖W‖₂ is 1 up to the
+    estimate's error (≤ 1e-4 relative in practice); :meth:`lipschitz_bound` reports the exact
+    norm. Unlike :class:`BjorckLinear` it does not preserve gradient norms (only the top
+    singular value is 1).
 
     Args:
         in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
-        tol: relative tolerance of the power iteration; max_iterations: its cap per forward.
+        tol, max_iterations: relative tolerance and cap of the eval-time refinement.
+        train_iterations: power iterations per training forward.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, tol: float = 1e-10, max_iterations: int = 100) -> None:
+                 *, tol: float = 1e-10, max_iterations: int = 100, train_iterations: int = 3) -> None:
         _check_features("SpectralLinear", in_features, out_features)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations)
+        param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations,
+                                   train_iterations=train_iterations)
         parametrize.register_parametrization(self, "weight", param.to(self.weight.device))

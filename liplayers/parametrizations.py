@@ -216,24 +216,28 @@ class BjorckOrthonormal(nn.Module):
 class SpectralNormalized(nn.Module):
     r"""Parametrization ``W = V / σ(V)`` with σ estimated by power iteration.
 
-    In training, each forward runs power iterations from the persistent vector ``u`` (a
-    buffer, so it is saved, synchronised by DDP and restored) until σ changes by less than
-    ``tol`` relative, at most ``max_iterations`` (1–2 usually suffice because V moves little
-    per step). Iterations run in float64 (they are matrix–vector products). σ is treated as a constant in backward only if ``detach_sigma``; by default
-    the gradient flows through σ = uᵀVv as in Miyato et al. In eval no iteration runs per
-    forward: the normalized weight is computed once per parameter version and cached.
+    In training, each forward runs ``train_iterations`` power iterations from the persistent
+    vector ``u`` (a buffer, so it is saved, synchronised by DDP and restored); V moves little
+    per step, so the estimate keeps converging across steps (torch's ``spectral_norm`` runs
+    one). In eval no iteration runs per forward: once per parameter version, σ is refined
+    from ``u`` until it changes by less than ``tol`` relative (at most ``max_iterations``) and
+    the normalized weight is cached. Iterations run in float64 (matrix–vector products). σ
+    is treated as a constant in backward only if ``detach_sigma``; by default the gradient
+    flows through σ = uᵀVv as in Miyato et al.
 
     Power iteration converges to σ from below, so ‖W‖₂ can exceed 1 by the estimate's error;
     certificates use the exact norm of the weight actually used (see ``lipschitz_bound``).
     """
 
     def __init__(self, shape: torch.Size, tol: float = 1e-10, max_iterations: int = 100,
-                 detach_sigma: bool = False, generator: Optional[torch.Generator] = None) -> None:
+                 detach_sigma: bool = False, generator: Optional[torch.Generator] = None,
+                 train_iterations: int = 3) -> None:
         super().__init__()
         if len(shape) != 2:
             raise ValueError(f"SpectralNormalized expects a 2-D weight shape, got {tuple(shape)}")
-        if max_iterations < 1:
-            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        if max_iterations < 1 or train_iterations < 1:
+            raise ValueError(f"max_iterations and train_iterations must be >= 1, got {max_iterations}, {train_iterations}")
+        self.train_iterations = train_iterations
         self.tol = tol
         self.max_iterations = max_iterations
         self.detach_sigma = detach_sigma
@@ -246,7 +250,8 @@ class SpectralNormalized(nn.Module):
         # matrix-vector products are cheap: iterate in float64 so the stopping test is not
         # fooled by float32 rounding of σ
         dtype = torch.complex128 if v.is_complex() else torch.float64
-        sigma, u, vec = power_iteration(v.detach().to(dtype), self.u.to(dtype), self.max_iterations, self.tol)
+        iterations, tol = (self.train_iterations, 0.0) if update else (self.max_iterations, self.tol)
+        sigma, u, vec = power_iteration(v.detach().to(dtype), self.u.to(dtype), iterations, tol)
         if update:
             with torch.no_grad():
                 self.u.copy_(u.to(self.u.dtype))

@@ -11,14 +11,6 @@ from liplayers.geometry import fisher_rao_distance, hellinger_distance, kl_diver
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed=0, dtype=D64):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 5)).to(dtype)

@@ -8,14 +8,6 @@ from torch import nn
 from liplayers.certify import ABSTAIN, AbstainingClassifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def binary_model():
     """f(x) = x₁ (one logit, L = 1): radius |x₁|, class 1 iff x₁ > 0."""
     lin = nn.Linear(2, 1, dtype=torch.float64)

@@ -10,15 +10,6 @@ from liplayers.certify import attack_check, certify, lipschitz_bound, lipschitz_
 from liplayers.lipschitz import UnboundedModuleError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: a second intra-op thread only adds synchronization (and stalls on a shared machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sigma_max(w):
     return float(torch.linalg.matrix_norm(w.detach().double(), ord=2))
 

@@ -17,15 +17,6 @@ from liplayers.certify import (
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: a second intra-op thread only adds synchronization (and stalls on a shared machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits_gnp():
     torch.manual_seed(0)

@@ -16,15 +16,6 @@ from liplayers.certify import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: a second intra-op thread only adds synchronization (and stalls on a shared machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def exact_distance(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor):
     """Exact L2 distance from x to the boundary of its argmax region for f = Wx + b (float64)."""
     w, b, x = w.double(), b.double(), x.double()

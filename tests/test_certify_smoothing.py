@@ -10,14 +10,6 @@ from liplayers.certify import ABSTAIN, SmoothedClassifier, clopper_pearson_lower
 stats = pytest.importorskip("scipy.stats")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 W = torch.tensor([0.6, 0.8], dtype=torch.float64)  # unit normal of the boundary
 B = -0.3
 

@@ -13,14 +13,6 @@ from liplayers.lipschitz import lipschitz_bound_of
 H = W = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small float64 problems: one thread is faster and avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 CONFIGS = list(itertools.product(["circular", "zeros"], [1, 3, 5], [1, 2], [(4, 4), (4, 8), (8, 4)]))
 
 

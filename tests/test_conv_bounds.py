@@ -19,14 +19,6 @@ from liplayers.functional.conv import (
 from liplayers.lipschitz import UnboundedModuleError, lipschitz_bound_of
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def operator_singular_values(f, shape) -> torch.Tensor:
     n = math.prod(shape)
     basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)

@@ -13,14 +13,6 @@ from liplayers.regularizers.fisher_spectrum import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(n, C, seed=0, width=12):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(n, width), nn.Tanh(), nn.Linear(width, C)).double()

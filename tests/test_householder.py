@@ -10,14 +10,6 @@ from liplayers.householder import HouseholderActivation, householder_activation
 from liplayers.linf import linf_lipschitz_bound_of
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_angles(act, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

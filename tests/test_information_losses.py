@@ -13,14 +13,6 @@ LOSSES = [(FIRELoss, "fisher_rao", lambda a, b: fisher_rao_distance(a, b) ** 2, 
           (HellingerLoss, "hellinger", lambda a, b: hellinger_distance(a, b) ** 2, 12.0)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(s=0):
     return torch.Generator().manual_seed(s)
 

@@ -10,14 +10,6 @@ from liplayers.regularizers import JacobianLoss, jacobian_penalty
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(s=0):
     return torch.Generator().manual_seed(s)
 

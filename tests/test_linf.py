@@ -16,15 +16,6 @@ from liplayers.lipschitz import UnboundedModuleError
 METHODS = ["newton", "sort", "condat"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only add contention on the shared CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def brute_force_linf_norm(W: torch.Tensor) -> float:
     """max over the vertices of the ∞ unit ball of ‖Wx‖∞ (a convex function peaks at a vertex)."""
     n = W.shape[1]

@@ -9,14 +9,6 @@ from liplayers.lipschitz import UnboundedModuleError, lipschitz_bound_of
 SHAPE = (2, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def max_jacobian_norm(f, shape, trials=4, seed=0) -> float:
     g = torch.Generator().manual_seed(seed)
     best = 0.0

@@ -10,14 +10,6 @@ from liplayers.certify.robustness import mean_certifiable_robustness, signed_cer
 from liplayers.linf import LInfLinear, linf_lipschitz_bound_of
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_binary_is_mean_of_y_times_f():
     g = torch.Generator().manual_seed(0)
     f = torch.randn(100, generator=g, dtype=torch.float64)

@@ -12,15 +12,6 @@ from liplayers.regularizers import ParsevalRetraction
 from liplayers.train import evaluate, fit, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids synchronisation cost on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     train, test = load_digits(seed=0)
