@@ -128,13 +128,13 @@ class BjorckOrthonormal(nn.Module):
             est, v = nrm, sv / nrm
         self._probe = v
         fro = float(torch.linalg.matrix_norm(s))
+        if not math.isfinite(fro):
+            return fro
         return min(self._SAFETY * est, fro)
 
     def orthonormalize(self, v: Tensor) -> Tensor:
         """Polar factor of ``v`` (2-D, (out, in)) to the tolerance, without gradient."""
         with torch.no_grad():
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError("BjorckOrthonormal: the weight contains non-finite values (NaN or Inf)")
             dtype = _compute_dtype(v.dtype)
             w = v.detach().to(dtype)
             tol = self.tol if self.tol is not None else default_tolerance(v.dtype)
@@ -142,8 +142,9 @@ class BjorckOrthonormal(nn.Module):
             while steps < self.max_iterations:
                 a = gram(w)
                 e = self._estimate(a)
-                if not math.isfinite(e):
-                    raise ValueError("BjorckOrthonormal: orthonormalization diverged (non-finite Gram matrix)")
+                if not math.isfinite(e):  # the Gram matrix is finite iff the weight is (and not huge)
+                    raise ValueError("BjorckOrthonormal: the weight contains non-finite values (NaN or Inf) "
+                                     "or values too large for its Gram matrix")
                 if e <= tol:  # already on the manifold to the tolerance: keep it exactly
                     break
                 if e > 0.5:  # far from the manifold: guaranteed pre-scaling, classic steps

@@ -69,13 +69,14 @@ def predicted_error(e: float, order: int = 3, tuned: bool = False) -> float:
     The step maps each eigenvalue x of A to x·p(x)², so the new error is the maximum of
     |x·p(x)² − 1| over x ∈ [1 − e, 1 + e]. For the Taylor polynomials that maximum is at the
     end points (the function is monotone on each side of 1); for the tuned order-5
-    polynomial it is evaluated on a fine grid (1025 points) plus 1% of slack.
+    polynomial it is evaluated on a grid of 257 points plus 1% of slack (checked against a
+    200 001-point grid for e ≤ 0.6: the slack is never used up).
     """
     if order not in _COEFFS:
         raise ValueError(f"order must be 3 or 5, got {order}")
     if order == 5 and tuned:
         c0, c1, c2 = tuned_coefficients(e)
-        t = np.linspace(-e, e, 1025)
+        t = np.linspace(-e, e, 257)
         p = c0 + c1 * t + c2 * t * t
         return float(np.abs((1.0 + t) * p * p - 1.0).max()) * 1.01
     worst = 0.0
