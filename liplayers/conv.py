@@ -40,7 +40,7 @@ from .functional.conv import (
 from .functional.orthogonalization import bjorck_step, gram
 from .functional.spectral import gram_spectral_bound, spectral_norm_exact
 from .lipschitz import LipschitzModule, UnboundedModuleError, register_lipschitz_bound
-from .parametrizations import BjorckOrthonormal, _compute_dtype, orthogonal_init_
+from .parametrizations import BjorckOrthonormal, _compute_dtype, eval_mode_weight, orthogonal_init_
 
 __all__ = ["OrthoConv2d", "SpectralConv2d", "RKOConv2d", "bcop_kernel", "retract_semi_orthogonal_"]
 
@@ -509,13 +509,7 @@ class _ConvLipschitzMixin(LipschitzModule):
     """Shared eval-weight / export / bound code for parametrized ``nn.Conv2d`` subclasses."""
 
     def eval_weight(self) -> Tensor:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return self.weight.detach().clone()
-        finally:
-            self.train(was_training)
+        return eval_mode_weight(self)
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """Guaranteed bound of the eval operator (:func:`conv2d_lipschitz_bound` of its kernel)."""

@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 
 from .functional.spectral import spectral_norm_exact
 from .lipschitz import LipschitzModule
-from .parametrizations import BjorckOrthonormal, SpectralNormalized, orthogonal_init_
+from .parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
 
 __all__ = ["BjorckLinear", "SpectralLinear"]
 
@@ -29,13 +29,7 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
 
     def eval_weight(self) -> torch.Tensor:
         """The effective weight as used in eval mode (detached), without changing the mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return self.weight.detach().clone()
-        finally:
-            self.train(was_training)
+        return eval_mode_weight(self)
 
     def to_torch(self) -> nn.Linear:
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,

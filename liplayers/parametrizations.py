@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .functional.orthogonalization import bjorck, bjorck_step, default_tolerance, gram, predicted_error
 from .functional.spectral import power_iteration
 
-__all__ = ["BjorckOrthonormal", "SpectralNormalized"]
+__all__ = ["BjorckOrthonormal", "SpectralNormalized", "eval_mode_weight"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,6 +39,18 @@ def orthogonal_init_(w: Tensor) -> Tensor:
         nn.init.orthogonal_(tmp)
         w.copy_(tmp)
     return w
+
+
+def eval_mode_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    """The (parametrized) tensor ``module.<name>`` as eval mode computes it, detached and cloned,
+    without leaving the module's train/eval mode changed."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return getattr(module, name).detach().clone()
+    finally:
+        module.train(was_training)
 
 
 def _version_key(x: Tensor) -> tuple:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["rand", "randn", "randint"]
+__all__ = ["rand", "randn", "randint", "probes"]
 
 
 def _draw(fn, args, generator: Optional[torch.Generator], device, **kwargs):
@@ -34,3 +34,17 @@ def randint(low: int, high: int, size, generator: Optional[torch.Generator] = No
     """``torch.randint`` drawn on the generator's device, returned on ``device``."""
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return _draw(torch.randint, (low, high, size), generator, device, **kwargs)
+
+
+def probes(shape, k: int, kind: str, generator: Optional[torch.Generator], dtype, device) -> torch.Tensor:
+    """``k`` random probe vectors of ``shape`` (result (k, *shape)) with E[v vᵀ] = I.
+
+    ``kind``: ``"rademacher"`` (±1 entries) or ``"gaussian"`` (standard normal), as used by
+    Hutchinson-type unbiased estimators of traces and Frobenius norms.
+    """
+    if kind == "rademacher":
+        r = randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
+        return (2 * r - 1).to(dtype)
+    if kind == "gaussian":
+        return randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
+    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {kind!r}")

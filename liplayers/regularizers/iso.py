@@ -172,15 +172,6 @@ def _target(mu: Tensor, K: float) -> Tensor:
     return K * K * (eye - mu[:, :, None] * mu[:, None, :] / 4)
 
 
-def _probes(shape, k, probe, generator, dtype, device):
-    if probe == "rademacher":
-        r = _rng.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
-        return (2 * r - 1).to(dtype)
-    if probe == "gaussian":
-        return _rng.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
-    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-
-
 def _check_int(name: str, k, low: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < low:
         raise ValueError(f"{name} must be an int >= {low}, got {k!r}")
@@ -189,7 +180,7 @@ def _check_int(name: str, k, low: int) -> int:
 
 def _jvp_probes(model, x, k, probe, generator):
     """u_i = J_μ v_i for k independent probes: returns (mu (B,C), u (k,B,C), logits (B,C))."""
-    V = _probes(x.shape, k, probe, generator, x.dtype, x.device)
+    V = _rng.probes(x.shape, k, probe, generator, x.dtype, x.device)
 
     def one(v: Tensor):
         return jvp(lambda z: _mu_and_logits(model, z), (x,), (v,), has_aux=True)

@@ -40,15 +40,6 @@ def _transform(out: Tensor, target: str) -> Tensor:
     raise ValueError(f"target must be 'logits', 'log_probs' or 'probs', got {target!r}")
 
 
-def _probes(shape, k, probe, generator, dtype, device):
-    if probe == "rademacher":
-        r = _rng.randint(0, 2, (k,) + tuple(shape), generator=generator, device=device)
-        return (2 * r - 1).to(dtype)
-    if probe == "gaussian":
-        return _rng.randn((k,) + tuple(shape), generator=generator, dtype=dtype, device=device)
-    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-
-
 def _penalty_and_logits(model, x, num_projections, method, target, probe, generator):
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError("x must be a floating-point tensor of shape (B, ...)")
@@ -64,14 +55,14 @@ def _penalty_and_logits(model, x, num_projections, method, target, probe, genera
         return _transform(logits, target), logits
 
     if method == "jvp":
-        V = _probes(x.shape, k, probe, generator, x.dtype, x.device)
+        V = _rng.probes(x.shape, k, probe, generator, x.dtype, x.device)
         _, u, logits = vmap(lambda v: jvp(f, (x,), (v,), has_aux=True), out_dims=(None, 0, None))(V)
         pen = u.reshape(k, B, -1).pow(2).sum(-1).mean(0)
     elif method == "vjp":
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             out, logits = f(xr)
-            W = _probes(out.shape, k, probe, generator, x.dtype, x.device)
+            W = _rng.probes(out.shape, k, probe, generator, x.dtype, x.device)
             pen = x.new_zeros(B)
             for i in range(k):  # k is small (1-2); each is one double-backward pass
                 (g,) = torch.autograd.grad((out * W[i]).sum(), xr, create_graph=True)
