@@ -16,6 +16,7 @@ Writes ``OUT/certified_accuracy.json`` and ``OUT/certified_accuracy.md`` (OUT de
 ``results/certified_accuracy``, ignored by git) plus each run's ``results.json`` and plot.
 
     python benchmarks/certified_accuracy.py [--threads 1] [--mnist-epochs 8] [--skip-mnist] [--out DIR]
+        [--mnist-arch dense|conv] [--mnist-loss tau-ce|hkr|hinge] [--mnist-margin K] [--mnist-test-limit N]
 """
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ def main() -> None:
     ap.add_argument("--mnist-tau", type=float, default=0.8)
     ap.add_argument("--mnist-lr", type=float, default=1e-2)
     ap.add_argument("--mnist-batch-size", type=int, default=512)
+    ap.add_argument("--mnist-arch", choices=("dense", "conv"), default="dense",
+                    help="dense: BjorckLinear + MaxMin MLP; conv: liplayers.models.gnp_conv_net "
+                         "(OrthoConv2d + MaxMin, strided stages, Björck head)")
+    ap.add_argument("--mnist-loss", choices=("tau-ce", "hkr", "hinge"), default="tau-ce")
+    ap.add_argument("--mnist-margin", type=float, default=1.0, help="HKR / hinge margin κ (logit units)")
+    ap.add_argument("--mnist-alpha", type=float, default=10.0, help="HKR hinge weight α")
+    ap.add_argument("--mnist-test-limit", type=int, default=None, help="evaluate on the first N test images only")
     ap.add_argument("--skip-mnist", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -71,10 +79,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         mn = parser.parse_args([
             "demo", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--no-progress",
-            "--loss", "tau-ce", "--tau", str(args.mnist_tau), "--lr", str(args.mnist_lr),
+            "--arch", args.mnist_arch, "--loss", args.mnist_loss, "--tau", str(args.mnist_tau),
+            "--margin", str(args.mnist_margin), "--alpha", str(args.mnist_alpha), "--lr", str(args.mnist_lr),
             "--width", str(args.mnist_width), "--depth", str(args.mnist_depth),
             "--epochs", str(args.mnist_epochs), "--batch-size", str(args.mnist_batch_size), "--pgd-steps", "10",
-            "--eps", "0.5", "1.0", "1.58", "--out", str(out / "mnist")])
+            "--eps", "0.5", "1.0", "1.58", "--out", str(out / "mnist")]
+            + (["--test-limit", str(args.mnist_test_limit)] if args.mnist_test_limit else []))
         runs["mnist"] = run_demo(mn)
     else:
         print(f"MNIST skipped ({mnist_dir / 'mnist'} absent or --skip-mnist)")
@@ -87,9 +97,10 @@ def main() -> None:
         eps = res["eps"]
         cfg = res["config"]
         lines += [f"## {name}" + (f" ({res['note']})" if res.get("note") else ""), "",
-                  f"GNP: dense BjorckLinear + MaxMin, width {cfg['width']}, depth {cfg['depth']}, loss {cfg['loss']} "
+                  f"GNP: {'dense BjorckLinear' if cfg['arch'] == 'dense' else 'conv OrthoConv2d (gnp_conv_net)'}"
+                  f" + MaxMin, width {cfg['width']}, depth {cfg['depth']}, loss {cfg['loss']} "
                   f"(τ={cfg['tau']}, κ={cfg['margin']}, α={cfg['alpha']}), {cfg['epochs']} epochs, Adam lr {cfg['lr']}; "
-                  f"baseline: ReLU MLP of the same shape, CE, PGD-L2 {cfg['pgd_steps']} steps. "
+                  f"baseline: ReLU MLP {'of the same shape' if cfg['arch'] == 'dense' else '128×3'}, CE, PGD-L2 {cfg['pgd_steps']} steps. "
                   f"{res['n_test']} test images.", "",
                   "| run | GNP clean | " + " | ".join(f"GNP cert. ε={e:g}" for e in eps)
                   + " | ReLU clean / PGD " + " / ".join(f"ε={e:g}" for e in eps) + " | wall s |",
