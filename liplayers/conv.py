@@ -39,7 +39,7 @@ from .functional.conv import (
 )
 from .functional.orthogonalization import bjorck_step, gram
 from .functional.spectral import gram_spectral_bound, spectral_norm_exact
-from .lipschitz import LipschitzModule, UnboundedModuleError, register_lipschitz_bound
+from .lipschitz import LipschitzModule, register_lipschitz_bound
 from .parametrizations import BjorckOrthonormal, _compute_dtype, eval_mode_weight, orthogonal_init_
 
 __all__ = ["OrthoConv2d", "SpectralConv2d", "RKOConv2d", "bcop_kernel", "retract_semi_orthogonal_"]
@@ -676,13 +676,6 @@ class RKOConv2d(_ConvLipschitzMixin, nn.Conv2d):
 
 
 # ---- bounds of plain torch convolutions -------------------------------------------------------
-def _plain_forward_guard(m: nn.Module, base: type) -> None:
-    if type(m).forward is not base.forward:
-        raise UnboundedModuleError(
-            f"{type(m).__name__} overrides {base.__name__}.forward; its Lipschitz bound cannot be derived from "
-            "its kernel. Implement LipschitzModule.lipschitz_bound or register a bound for it.")
-
-
 def _conv_eval_weight(m: nn.Conv2d) -> Tensor:
     """The kernel ``m`` uses in eval mode (parametrizations and torch's hook spectral_norm)."""
     from torch.nn.utils.spectral_norm import SpectralNorm
@@ -702,6 +695,5 @@ def _conv_eval_weight(m: nn.Conv2d) -> Tensor:
 @register_lipschitz_bound(nn.Conv2d)
 def _conv2d_bound(m: nn.Conv2d, input_shape) -> float:
     """Guaranteed bound of a plain ``nn.Conv2d`` (exact FFT for circular; padded-circular else)."""
-    _plain_forward_guard(m, nn.Conv2d)
     return conv2d_lipschitz_bound(_conv_eval_weight(m), input_shape, m.stride, m.padding, m.dilation,
                                   m.padding_mode, m.groups)

@@ -21,7 +21,7 @@ exact spectral norm (L2 protocol of :mod:`liplayers.lipschitz`) and
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from .activations import GroupSort
 from .functional.l1_projection import project_l1_ball
 from .linear import _ParametrizedLinear
-from .lipschitz import UnboundedModuleError
+from .lipschitz import BoundRegistry
 
 __all__ = [
     "L1BallRows",
@@ -149,18 +149,11 @@ class LInfLinear(_ParametrizedLinear):
 
 
 # ---------------------------------------------------------------- ∞→∞ bound of a network
-_LINF_REGISTRY: Dict[Type[nn.Module], Callable[[nn.Module, Shape], float]] = {}
-
-
-def register_linf_lipschitz_bound(*types: Type[nn.Module]):
-    """Decorator registering ``fn(module, input_shape) -> float``, an ∞→∞ bound of ``types``."""
-
-    def deco(fn: Callable[[nn.Module, Shape], float]):
-        for t in types:
-            _LINF_REGISTRY[t] = fn
-        return fn
-
-    return deco
+LINF_BOUNDS = BoundRegistry(
+    "∞→∞", "linf_lipschitz_bound",
+    "use LInfLinear / GroupSort / ReLU, or register one with liplayers.linf.register_linf_lipschitz_bound",
+)
+register_linf_lipschitz_bound = LINF_BOUNDS.register
 
 
 def linf_lipschitz_bound_of(module: nn.Module, input_shape: Shape = None) -> float:
@@ -172,33 +165,16 @@ def linf_lipschitz_bound_of(module: nn.Module, input_shape: Shape = None) -> flo
     (max row L1 norm of the weight used in eval), the GroupSort family (permutations: 1),
     coordinatewise activations with their usual constants (ReLU, LeakyReLU, Tanh, ...),
     Identity/Flatten/Unflatten/Dropout (eval), and ``nn.Sequential``/:class:`liplayers.Sequential`
-    (product of their layers' bounds). Anything else raises
-    :class:`~liplayers.lipschitz.UnboundedModuleError` naming it — an L2 bound is never reused
-    as an ∞ bound (they differ by up to √n).
+    (product of their layers' bounds). Anything else — including a subclass of a known type
+    that overrides ``forward`` — raises :class:`~liplayers.lipschitz.UnboundedModuleError`
+    naming it: an L2 bound is never reused as an ∞ bound (they differ by up to √n).
     """
-    fn = getattr(module, "linf_lipschitz_bound", None)
-    if callable(fn):
-        return float(fn(input_shape))
-    for klass in type(module).__mro__:
-        if klass in _LINF_REGISTRY:
-            return float(_LINF_REGISTRY[klass](module, input_shape))
-    raise UnboundedModuleError(
-        f"no ∞→∞ Lipschitz bound is known for module {type(module).__name__} ({module!r}); "
-        "use LInfLinear / GroupSort / ReLU, or register one with "
-        "liplayers.linf.register_linf_lipschitz_bound"
-    )
+    return LINF_BOUNDS.bound_of(module, input_shape)
 
 
 @register_linf_lipschitz_bound(nn.Sequential)
 def _linf_sequential(m: nn.Sequential, input_shape: Shape) -> float:
-    from .lipschitz import output_shape
-
-    bound, shape = 1.0, input_shape
-    for layer in m:
-        bound *= linf_lipschitz_bound_of(layer, shape)
-        if shape is not None:
-            shape = output_shape(layer, shape)
-    return bound
+    return LINF_BOUNDS.compose(list(m), input_shape)
 
 
 @register_linf_lipschitz_bound(nn.Linear)

@@ -23,6 +23,7 @@ __all__ = [
     "register_lipschitz_bound",
     "output_shape",
     "compose_bounds",
+    "BoundRegistry",
 ]
 
 Shape = Optional[Tuple[int, ...]]
@@ -54,43 +55,73 @@ class LipschitzModule(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement to_torch")
 
 
-_REGISTRY: Dict[Type[nn.Module], Callable[[nn.Module, Shape], float]] = {}
+class BoundRegistry:
+    """Bounds of module types for one pair of norms, looked up along each module's class MRO.
+
+    A module with a ``method`` of its own (the protocol, e.g. ``lipschitz_bound``) reports its
+    bound itself; otherwise the bound registered for its nearest registered base class is
+    used — but never for a subclass that overrides ``forward``, whose map the registered bound
+    knows nothing about. Anything else raises :class:`UnboundedModuleError` naming it.
+    """
+
+    def __init__(self, norm: str, method: str, hint: str) -> None:
+        self.norm, self.method, self.hint = norm, method, hint
+        self.bounds: Dict[Type[nn.Module], Callable[[nn.Module, Shape], float]] = {}
+
+    def register(self, *types: Type[nn.Module]):
+        """Decorator registering ``fn(module, input_shape) -> float`` as the bound of ``types``."""
+
+        def deco(fn: Callable[[nn.Module, Shape], float]):
+            for t in types:
+                self.bounds[t] = fn
+            return fn
+
+        return deco
+
+    def bound_of(self, module: nn.Module, input_shape: Shape = None) -> float:
+        own = getattr(module, self.method, None)
+        if callable(own):
+            return float(own(input_shape))
+        for klass in type(module).__mro__:
+            if klass in self.bounds:
+                if type(module).forward is not klass.forward:
+                    raise UnboundedModuleError(
+                        f"{type(module).__name__} subclasses {klass.__name__} but overrides forward: the "
+                        f"{self.norm} bound registered for {klass.__name__} does not apply. Implement "
+                        f"{self.method} or register a bound for its class"
+                    )
+                return float(self.bounds[klass](module, input_shape))
+        raise UnboundedModuleError(
+            f"no {self.norm} Lipschitz bound is known for module {type(module).__name__} ({module!r}); {self.hint}"
+        )
+
+    def compose(self, modules: Sequence[nn.Module], input_shape: Shape = None) -> float:
+        """Product of the bounds of modules applied in sequence (shapes propagated)."""
+        bound, shape = 1.0, input_shape
+        for m in modules:
+            bound *= self.bound_of(m, shape)
+            if shape is not None:
+                shape = output_shape(m, shape)
+        return bound
 
 
-def register_lipschitz_bound(*types: Type[nn.Module]):
-    """Decorator registering ``fn(module, input_shape) -> float`` as the bound of ``types``."""
-
-    def deco(fn: Callable[[nn.Module, Shape], float]):
-        for t in types:
-            _REGISTRY[t] = fn
-        return fn
-
-    return deco
+L2_BOUNDS = BoundRegistry(
+    "L2", "lipschitz_bound",
+    "use a liplayers layer, or register one with liplayers.lipschitz.register_lipschitz_bound",
+)
+_REGISTRY = L2_BOUNDS.bounds  # read by liplayers.certify (which types have a bound)
+register_lipschitz_bound = L2_BOUNDS.register
 
 
 def lipschitz_bound_of(module: nn.Module, input_shape: Shape = None) -> float:
     """Guaranteed L2 Lipschitz upper bound of ``module`` (see module docstring)."""
-    if isinstance(module, LipschitzModule):
-        return float(module.lipschitz_bound(input_shape))
-    for klass in type(module).__mro__:
-        if klass in _REGISTRY:
-            if type(module).forward is not klass.forward:
-                raise UnboundedModuleError(
-                    f"{type(module).__name__} subclasses {klass.__name__} but overrides forward: the bound "
-                    f"registered for {klass.__name__} does not apply. Make it a LipschitzModule or register "
-                    "a bound for its class"
-                )
-            return float(_REGISTRY[klass](module, input_shape))
-    raise UnboundedModuleError(
-        f"no Lipschitz bound is known for module {type(module).__name__} ({module!r}); "
-        "use a liplayers layer, or register one with liplayers.lipschitz.register_lipschitz_bound"
-    )
+    return L2_BOUNDS.bound_of(module, input_shape)
 
 
 def output_shape(module: nn.Module, input_shape: Shape) -> Shape:
     """Shape (without batch) of ``module``'s output for one input of ``input_shape``.
 
-    Propagated on the ``meta`` device when the module allows it, else by a zero input.
+    Found by an eval-mode forward of one zero input (the module's mode is restored).
     """
     if input_shape is None:
         return None
@@ -111,14 +142,8 @@ def output_shape(module: nn.Module, input_shape: Shape) -> Shape:
 
 
 def compose_bounds(modules: Sequence[nn.Module], input_shape: Shape = None) -> float:
-    """Product of the bounds of modules applied in sequence (shapes propagated)."""
-    bound = 1.0
-    shape = input_shape
-    for m in modules:
-        bound *= lipschitz_bound_of(m, shape)
-        if shape is not None:
-            shape = output_shape(m, shape)
-    return bound
+    """Product of the L2 bounds of modules applied in sequence (shapes propagated)."""
+    return L2_BOUNDS.compose(modules, input_shape)
 
 
 # ---- bounds of plain torch.nn modules ------------------------------------------------------

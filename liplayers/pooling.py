@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv import _plain_forward_guard
 from .functional.conv import _pair, _spatial, padding_multiplicity, window_multiplicity
 from .lipschitz import LipschitzModule, UnboundedModuleError, register_lipschitz_bound
 
@@ -192,7 +191,6 @@ def _avg_axis_matrix(n: int, k: int, s: int, p: int, ceil_mode: bool, count_incl
 
 @register_lipschitz_bound(nn.AvgPool2d)
 def _avgpool_bound(m: nn.AvgPool2d, input_shape) -> float:
-    _plain_forward_guard(m, nn.AvgPool2d)
     k = _pair(m.kernel_size)
     s = _pair(m.stride if m.stride is not None else m.kernel_size)
     p = _pair(m.padding)
@@ -221,7 +219,6 @@ def _avgpool_bound(m: nn.AvgPool2d, input_shape) -> float:
 
 @register_lipschitz_bound(nn.AdaptiveAvgPool2d)
 def _adaptive_avg_bound(m: nn.AdaptiveAvgPool2d, input_shape) -> float:
-    _plain_forward_guard(m, nn.AdaptiveAvgPool2d)
     hw = _spatial(input_shape)
     out = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
     bound = 1.0
@@ -246,7 +243,6 @@ def _max_like_bound(k, s, p, d, ceil_mode, input_shape) -> float:
 @register_lipschitz_bound(nn.MaxPool2d)
 def _maxpool_bound(m: nn.MaxPool2d, input_shape) -> float:
     """sqrt of the largest number of windows sharing a pixel (1 for non-overlapping windows)."""
-    _plain_forward_guard(m, nn.MaxPool2d)
     k = _pair(m.kernel_size)
     s = _pair(m.stride if m.stride is not None else m.kernel_size)
     return _max_like_bound(k, s, _pair(m.padding), _pair(m.dilation), m.ceil_mode, input_shape)
@@ -254,7 +250,6 @@ def _maxpool_bound(m: nn.MaxPool2d, input_shape) -> float:
 
 @register_lipschitz_bound(nn.AdaptiveMaxPool2d)
 def _adaptive_max_bound(m: nn.AdaptiveMaxPool2d, input_shape) -> float:
-    _plain_forward_guard(m, nn.AdaptiveMaxPool2d)
     hw = _spatial(input_shape)
     out = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
     bound = 1.0
@@ -277,7 +272,6 @@ def _adaptive_max_bound(m: nn.AdaptiveMaxPool2d, input_shape) -> float:
 @register_lipschitz_bound(nn.LPPool2d)
 def _lppool_bound(m: nn.LPPool2d, input_shape) -> float:
     """p = 1: window sums (Schur: sqrt(m·k) per axis); even p ≥ 2: window ℓp norms (≤ ℓ2)."""
-    _plain_forward_guard(m, nn.LPPool2d)
     k = _pair(m.kernel_size)
     s = _pair(m.stride if m.stride is not None else m.kernel_size)
     p = float(m.norm_type)
@@ -314,7 +308,6 @@ def _copy_pad_bound(m: nn.Module, input_shape) -> float:
 @register_lipschitz_bound(nn.Upsample, nn.UpsamplingNearest2d)
 def _upsample_bound(m: nn.Upsample, input_shape) -> float:
     """Nearest upsampling copies each pixel at most ⌈scale⌉ times per axis."""
-    _plain_forward_guard(m, nn.Upsample)
     if m.mode != "nearest":
         raise UnboundedModuleError(f"Upsample mode {m.mode!r} has no registered bound (only 'nearest')")
     hw = _spatial(input_shape)

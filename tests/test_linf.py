@@ -320,3 +320,12 @@ def test_linf_linear_state_dict_round_trip_and_cached():
     with torch.nn.utils.parametrize.cached():
         assert torch.equal(a(x), b(x))
     assert a.linf_lipschitz_bound() <= 1 + 1e-6
+
+
+def test_linf_bound_refuses_a_subclass_that_overrides_forward():
+    class Doubled(torch.nn.ReLU):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(UnboundedModuleError, match="overrides forward"):
+        linf_lipschitz_bound_of(Doubled())
