@@ -1,11 +1,4 @@
-"""Weight parametrizations (``torch.nn.utils.parametrize``) that make a weight 1-Lipschitz.
-
-* :class:`BjorckOrthonormal` reads a weight through its polar factor (Björck iterations).
-* :class:`SpectralNormalized` divides a weight by its spectral norm (power iteration).
-
-Both keep an eval-mode cache keyed on the stored parameter's version counter, so in eval the
-normalized weight is computed once and reused until the parameter changes.
-"""
+"""Björck orthonormalization as a weight map (``torch.nn.utils.parametrize``)."""
 from __future__ import annotations
 
 import math
@@ -14,47 +7,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .functional.orthogonalization import bjorck, bjorck_step, default_tolerance, gram, predicted_error
-from .functional.spectral import power_iteration
+from ..functional.orthogonalization import bjorck, bjorck_step, default_tolerance, gram, predicted_error
+from ._common import compute_dtype as _compute_dtype, version_key as _version_key
 
-__all__ = ["BjorckOrthonormal", "SpectralNormalized", "eval_mode_weight"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Precision used for orthonormalization: float32 at least (bf16/fp16 weights are upcast)."""
-    return dtype if dtype in (torch.float64, torch.complex64, torch.complex128) else torch.float32
-
-
-def orthogonal_init_(w: Tensor) -> Tensor:
-    """``nn.init.orthogonal_`` for any floating dtype, in place; returns ``w``.
-
-    torch's QR (``geqrf``) has no bfloat16/float16 kernel, so low-precision weights are
-    initialized in float32 (:func:`_compute_dtype`) and rounded into ``w``. Works on a view
-    (e.g. a reshaped kernel) and under ``torch.no_grad``.
-    """
-    with torch.no_grad():
-        if w.dtype in (torch.float32, torch.float64):
-            return nn.init.orthogonal_(w)
-        tmp = torch.empty(w.shape, dtype=_compute_dtype(w.dtype), device=w.device)
-        nn.init.orthogonal_(tmp)
-        w.copy_(tmp)
-    return w
-
-
-def eval_mode_weight(module: nn.Module, name: str = "weight") -> Tensor:
-    """The (parametrized) tensor ``module.<name>`` as eval mode computes it, detached and cloned,
-    without leaving the module's train/eval mode changed."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            return getattr(module, name).detach().clone()
-    finally:
-        module.train(was_training)
-
-
-def _version_key(x: Tensor) -> tuple:
-    return (x._version, x.data_ptr(), x.dtype, x.device, tuple(x.shape))
+__all__ = ["BjorckOrthonormal"]
 
 
 class BjorckOrthonormal(nn.Module):
@@ -225,69 +181,3 @@ class BjorckOrthonormal(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, tol={self.tol}, max_iterations={self.max_iterations}, order={self.order}"
 
-
-class SpectralNormalized(nn.Module):
-    r"""Parametrization ``W = V / σ(V)`` with σ estimated by power iteration.
-
-    In training, each forward runs ``train_iterations`` power iterations from the persistent
-    vector ``u`` (a buffer, so it is saved, synchronised by DDP and restored); V moves little
-    per step, so the estimate keeps converging across steps (torch's ``spectral_norm`` runs
-    one). In eval no iteration runs per forward: once per parameter version, σ is refined
-    from ``u`` until it changes by less than ``tol`` relative (at most ``max_iterations``) and
-    the normalized weight is cached. Iterations run in float64 (matrix–vector products). σ
-    is treated as a constant in backward only if ``detach_sigma``; by default the gradient
-    flows through σ = uᵀVv as in Miyato et al.
-
-    Power iteration converges to σ from below, so ‖W‖₂ can exceed 1 by the estimate's error;
-    certificates use the exact norm of the weight actually used (see ``lipschitz_bound``).
-    """
-
-    def __init__(self, shape: torch.Size, tol: float = 1e-10, max_iterations: int = 100,
-                 detach_sigma: bool = False, generator: Optional[torch.Generator] = None,
-                 train_iterations: int = 3) -> None:
-        super().__init__()
-        if len(shape) != 2:
-            raise ValueError(f"SpectralNormalized expects a 2-D weight shape, got {tuple(shape)}")
-        if max_iterations < 1 or train_iterations < 1:
-            raise ValueError(f"max_iterations and train_iterations must be >= 1, got {max_iterations}, {train_iterations}")
-        self.train_iterations = train_iterations
-        self.tol = tol
-        self.max_iterations = max_iterations
-        self.detach_sigma = detach_sigma
-        u = torch.randn(shape[0], generator=generator)
-        self.register_buffer("u", u / u.norm())
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
-
-    def _sigma(self, v: Tensor, update: bool) -> Tensor:
-        # matrix-vector products are cheap: iterate in float64 so the stopping test is not
-        # fooled by float32 rounding of σ
-        dtype = torch.complex128 if v.is_complex() else torch.float64
-        iterations, tol = (self.train_iterations, 0.0) if update else (self.max_iterations, self.tol)
-        sigma, u, vec = power_iteration(v.detach().to(dtype), self.u.to(dtype), iterations, tol)
-        if update:
-            with torch.no_grad():
-                self.u.copy_(u.to(self.u.dtype))
-        cd = _compute_dtype(v.dtype)  # σ and V/σ in float32 at least (bf16/fp16 weights)
-        if self.detach_sigma:
-            return sigma.to(cd)
-        return (u.to(cd) @ v.to(cd) @ vec.to(cd))  # differentiable σ = uᵀVv
-
-    def forward(self, v: Tensor) -> Tensor:
-        if v.dim() != 2:
-            raise ValueError(f"SpectralNormalized expects a 2-D weight, got shape {tuple(v.shape)}")
-        if self.training:
-            return (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=True)).to(v.dtype)
-        return self._eval_weight(v)
-
-    @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
-    def _eval_weight(self, v: Tensor) -> Tensor:
-        key = _version_key(v)
-        if self._cache_key != key:
-            with torch.no_grad():
-                self._cache = (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=False)).to(v.dtype)
-            self._cache_key = key
-        return self._cache
-
-    def right_inverse(self, w: Tensor) -> Tensor:
-        return w
