@@ -1,6 +1,6 @@
 """Certified accuracy of the main job's GNP network on digits and (when present) MNIST (issue 4).
 
-Runs ``liplayers demo`` (:func:`liplayers.__main__.run_demo`) twice:
+Runs ``liplayers demo`` (:func:`liplayers.cli.run_demo`) twice:
 
 * **digits** — the demo's default configuration (what ``liplayers demo`` does on a fresh install);
 * **MNIST** — when ``../shared/data/mnist`` (or ``--data-dir``) holds the IDX files: a wider dense
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from liplayers.__main__ import build_parser, run_demo
+from liplayers.cli import build_parser, run_demo
 
 GLORO_158 = 0.628
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--mnist-lr", type=float, default=1e-2)
     ap.add_argument("--mnist-batch-size", type=int, default=512)
     ap.add_argument("--mnist-arch", choices=("dense", "conv"), default="dense",
-                    help="dense: BjorckLinear + MaxMin MLP; conv: liplayers.models.gnp_conv_net "
+                    help="dense: BjorckLinear + MaxMin MLP; conv: liplayers.zoo.architectures.gnp_conv_net "
                          "(OrthoConv2d + MaxMin, strided stages, Björck head)")
     ap.add_argument("--mnist-loss", choices=("tau-ce", "hkr", "hinge"), default="tau-ce")
     ap.add_argument("--mnist-margin", type=float, default=1.0, help="HKR / hinge margin κ (logit units)")

@@ -1,17 +1,17 @@
 r"""Decision-boundary curvature near inputs and a detector of perturbed inputs (seed 003).
 
 On scikit-learn's 8×8 digits (``liplayers.data.load_digits``, pixels in [0, 1], ``d = 64``)
-we train a vanilla ReLU MLP (cross-entropy) and a GNP MLP (:func:`liplayers.models.gnp_mlp`,
-Björck + MaxMin, τ-cross-entropy) and, with :mod:`liplayers.curvature`:
+we train a vanilla ReLU MLP (cross-entropy) and a GNP MLP (:func:`liplayers.zoo.architectures.gnp_mlp`,
+Björck + MaxMin, τ-cross-entropy) and, with :mod:`liplayers.analysis.curvature`:
 
 1. **Curvature profile** (seed 003 Fig. 3): the principal curvatures (eq. 6) of the boundary
    between the predicted class and each other class, sorted and averaged over test inputs.
 2. **Average curvature** ``κ̄_j`` (trace form of eqs. 5–6) and the **detector** (seed 003
    §3.2.1): test inputs are split in two halves; the first half stays clean, the second is
-   attacked by L2 PGD (:func:`liplayers.attacks.pgd_attack`) and only successful attacks are
+   attacked by L2 PGD (:func:`liplayers.analysis.attacks.pgd_attack`) and only successful attacks are
    kept; an input is flagged as perturbed when its score exceeds a threshold.  The seed's
    score sums its eq. 7, which equals ``−(d−1)/2 · κ̄_j`` (Goldman's orientation, see
-   :mod:`liplayers.curvature`), so the two conventions flag opposite tails: we report the
+   :mod:`liplayers.analysis.curvature`), so the two conventions flag opposite tails: we report the
    AUC (scikit-learn) of both, ``Σ_{j≠i} κ̄_j`` and the eq. 7 score (``= 1 − the former``),
    plot the ROC of the eq. 7 score (the seed's detector), and the accuracy of its best
    threshold (balanced).
@@ -40,11 +40,11 @@ from torch import nn  # noqa: E402
 
 from _common import (Timer, make_parser, plt, print_table, progress, save_figure,  # noqa: E402
                      setup, write_results)
-from liplayers.attacks import pgd_attack  # noqa: E402
-from liplayers.curvature import average_curvature, principal_curvatures  # noqa: E402
+from liplayers.analysis.attacks import pgd_attack  # noqa: E402
+from liplayers.analysis.curvature import average_curvature, principal_curvatures  # noqa: E402
 from liplayers.data import load_digits  # noqa: E402
 from liplayers.losses import TauCrossEntropyLoss  # noqa: E402
-from liplayers.models import gnp_mlp  # noqa: E402
+from liplayers.zoo.architectures import gnp_mlp  # noqa: E402
 from liplayers.train import fit  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     d = x[0].numel()
     score_c = torch.nan_to_num(kb_clean, nan=0.0).sum(1).numpy()
     score_p = torch.nan_to_num(kb_pert, nan=0.0).sum(1).numpy()
-    # the seed's eq. 7 score is −(d−1)/2 · Σ_j κ̄_j (liplayers.curvature docstring): same detector,
+    # the seed's eq. 7 score is −(d−1)/2 · Σ_j κ̄_j (liplayers.analysis.curvature docstring): same detector,
     # opposite direction
     eq7_c, eq7_p = -(d - 1) / 2 * score_c, -(d - 1) / 2 * score_p
     empty = {"auc": float("nan"), "best_accuracy": float("nan"), "fpr": [], "tpr": []}

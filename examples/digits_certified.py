@@ -1,6 +1,6 @@
 r"""Accuracy vs certified robustness of GNP networks: the loss sets the trade-off (seed 004).
 
-GNP MLPs (:func:`liplayers.models.gnp_mlp`: Björck-orthonormal dense layers + MaxMin) are
+GNP MLPs (:func:`liplayers.zoo.architectures.gnp_mlp`: Björck-orthonormal dense layers + MaxMin) are
 trained on scikit-learn's 8×8 digits (default; no download) or MNIST (``--dataset mnist
 --data-dir DIR`` with the IDX ``.gz`` files) with
 
@@ -34,7 +34,7 @@ from _common import Timer, make_parser, plt, print_table, save_figure, setup, wr
 from liplayers.certify import attack_check, certified_accuracy  # noqa: E402
 from liplayers.data import load_dataset  # noqa: E402
 from liplayers.losses import HingeMarginLoss, HKRLoss, TauCrossEntropyLoss  # noqa: E402
-from liplayers.models import gnp_mlp  # noqa: E402
+from liplayers.zoo.architectures import gnp_mlp  # noqa: E402
 from liplayers.train import fit  # noqa: E402
 
 

@@ -32,7 +32,7 @@ The inner maximization is solved **exactly**: ``θᵀx'`` ranges over
 on either side of ``h`` (KL is a Bregman divergence of the log-partition, convex in
 ``h'``; the Fisher–Rao and Hellinger distances are monotone in ``|arctan e^{h'/2} −
 arctan e^{h/2}|``, seed 001 eq. 9), so the maximum is at one of the two endpoints.  The
-divergences are :mod:`liplayers.geometry`'s, applied to the two-class logits ``(0, h)``.
+divergences are :mod:`liplayers.functional.geometry`'s, applied to the two-class logits ``(0, h)``.
 
 What to expect (and a disagreement with the seed).  Near ``θ = 0`` all three divergences
 agree to second order in ``δ = ε‖θ‖`` (``KL ≈ d²/2``, ``H² ≈ d²/4``, ``d² ≈ δ²/4`` at
@@ -68,7 +68,7 @@ from scipy.stats import norm as _normal  # noqa: E402
 
 from _common import (Timer, make_parser, plt, print_table, progress, save_figure,  # noqa: E402
                      setup, write_results)
-from liplayers.geometry import fisher_rao_distance, hellinger_distance, kl_divergence  # noqa: E402
+from liplayers.functional.geometry import fisher_rao_distance, hellinger_distance, kl_divergence  # noqa: E402
 
 MU = np.array([-0.0218, 0.0425])
 SIGMA = np.array([[0.0212, 0.0036], [0.0036, 0.0042]])

@@ -13,7 +13,7 @@ Parseval      cross-entropy + :class:`liplayers.regularizers.ParsevalRetraction`
               seed 002), ReLU
 JAC           :class:`liplayers.regularizers.JacobianLoss` (CE + λ/2 ‖J‖²_F, random projection)
 FIRE          :class:`liplayers.losses.FIRELoss` (seed 001 eq. 7, L∞ PGD inner maximization)
-GNP           :func:`liplayers.models.gnp_mlp` (Björck + MaxMin), τ-cross-entropy
+GNP           :func:`liplayers.zoo.architectures.gnp_mlp` (Björck + MaxMin), τ-cross-entropy
 ============  ===========================================================================
 
 Evaluation, on the test set: clean accuracy; robust accuracy under L∞ PGD (40 steps, step
@@ -44,11 +44,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from _common import Timer, make_parser, plt, print_table, progress, save_figure, setup, write_results  # noqa: E402
-from liplayers.attacks import pgd_attack  # noqa: E402
+from liplayers.analysis.attacks import pgd_attack  # noqa: E402
 from liplayers.certify import certified_accuracy  # noqa: E402
 from liplayers.data import load_dataset  # noqa: E402
 from liplayers.losses import FIRELoss, TauCrossEntropyLoss  # noqa: E402
-from liplayers.models import gnp_mlp  # noqa: E402
+from liplayers.zoo.architectures import gnp_mlp  # noqa: E402
 from liplayers.regularizers import ISOLoss, JacobianLoss, ParsevalRetraction  # noqa: E402
 
 BUDGETS = (0.1, 0.2, 0.3)

@@ -72,7 +72,7 @@ from torch import Tensor, nn  # noqa: E402
 from _common import (Timer, make_parser, plt, print_table, progress, save_figure,  # noqa: E402
                      setup, write_results)
 from liplayers import BjorckLinear, MaxMin, Sequential  # noqa: E402
-from liplayers.attacks import pgd  # noqa: E402
+from liplayers.analysis.attacks import pgd  # noqa: E402
 from liplayers.certify import attack_check, certified_radius, certify  # noqa: E402
 from liplayers.functional import spectral_norm_exact  # noqa: E402
 from liplayers.losses import BinaryHingeLoss  # noqa: E402

@@ -1,12 +1,12 @@
-"""Tests for liplayers.attacks: PGD projection, domain, ascent, determinism, no state change."""
+"""Tests for liplayers.analysis.attacks: PGD projection, domain, ascent, determinism, no state change."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from liplayers.attacks import divergence_pgd, margin_objective, pgd, pgd_attack
-from liplayers.geometry import fisher_rao_distance, hellinger_distance, kl_divergence
+from liplayers.analysis.attacks import divergence_pgd, margin_objective, pgd, pgd_attack
+from liplayers.functional.geometry import fisher_rao_distance, hellinger_distance, kl_divergence
 
 D64 = torch.float64
 

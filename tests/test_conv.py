@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from liplayers import OrthoConv2d, RKOConv2d, SpectralConv2d, export
-from liplayers.conv import bcop_kernel, retract_semi_orthogonal_
+from liplayers.functional.bcop import bcop_kernel
+from liplayers.functional.orthogonalization import retract_semi_orthogonal_
 from liplayers.functional.conv import circular_conv_singular_values
 from liplayers.lipschitz import lipschitz_bound_of
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from liplayers.lipschitz import UnboundedModuleError, allow_hooks
 import torch.nn.functional as F
 from torch import nn
 
@@ -105,7 +106,10 @@ def test_torch_spectral_norm_is_not_trusted():
     conv.eval()
     sv = operator_singular_values(conv, (4, 8, 8))
     assert sv.max() > 1.05  # the reshaped-kernel normalization leaves the operator norm above 1
-    assert lipschitz_bound_of(conv, (4, 8, 8)) >= float(sv.max())
+    with pytest.raises(UnboundedModuleError, match="hooks"):  # the hook recomputes the weight: refused
+        lipschitz_bound_of(conv, (4, 8, 8))
+    with allow_hooks():  # trusted by the caller: the kernel the hook computes is bounded
+        assert lipschitz_bound_of(conv, (4, 8, 8)) >= float(sv.max())
 
 
 def test_parametrized_spectral_norm_conv_uses_eval_weight():

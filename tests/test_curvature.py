@@ -1,4 +1,4 @@
-"""Curvature of decision boundaries (liplayers.curvature) against closed forms (seed 003 eqs. 5–7)."""
+"""Curvature of decision boundaries (liplayers.analysis.curvature) against closed forms (seed 003 eqs. 5–7)."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from liplayers import BjorckLinear, MaxMin, Sequential
-from liplayers.curvature import (average_curvature, boundary_point, curvature_score, decision_gradient,
+from liplayers.analysis.curvature import (average_curvature, boundary_point, curvature_score, decision_gradient,
                                  estimate_original_label, hessian_vector_product, logit_hessians,
                                  principal_curvatures)
 

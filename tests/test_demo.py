@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from liplayers.__main__ import main
+from liplayers.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 
 
 def test_demo_conv_quick(tmp_path, capsys):
-    pytest.importorskip("liplayers.models")
+    pytest.importorskip("liplayers.zoo.architectures")
     assert main(["demo", "--quick", "--arch", "conv", "--no-progress", "--out", str(tmp_path),
                  "--eps", "0.2", "--pgd-steps", "3"]) == 0
     _check_results(json.loads((tmp_path / "results.json").read_text()), [0.2])

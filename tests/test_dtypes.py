@@ -14,8 +14,11 @@ import torch
 from torch import nn
 
 import liplayers as L
-import liplayers.conv as lconv
+import liplayers.nn as lconv
 import liplayers.parametrizations as lparam
+import liplayers.parametrizations.bjorck
+import liplayers.parametrizations.operator_norm
+import liplayers.parametrizations.spectral
 from liplayers import certify as C
 from liplayers.functional import orthogonality_error, spectral_norm_exact
 
@@ -129,9 +132,9 @@ def _record(monkeypatch, module, name):
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
 def test_bjorck_and_power_iteration_run_in_float32_for_low_precision(monkeypatch, low):
-    steps = _record(monkeypatch, lparam, "bjorck_step")
-    diff = _record(monkeypatch, lparam, "bjorck")
-    power = _record(monkeypatch, lparam, "power_iteration")
+    steps = _record(monkeypatch, lparam.bjorck, "bjorck_step")
+    diff = _record(monkeypatch, lparam.bjorck, "bjorck")
+    power = _record(monkeypatch, lparam.spectral, "power_iteration")
     a = L.BjorckLinear(8, 8, dtype=low)
     _perturb(a, 0.1)
     a(torch.randn(2, 8, dtype=low))
@@ -148,13 +151,13 @@ def test_bjorck_and_power_iteration_run_in_float32_for_low_precision(monkeypatch
 
 def test_spectral_conv_power_iteration_in_float32_for_bfloat16(monkeypatch):
     seen = []
-    orig = lconv.conv_operator_power_iteration
+    orig = lparam.operator_norm.conv_operator_power_iteration
 
     def wrapper(op, u, iterations=1):
         seen.append(u.dtype)
         return orig(op, u, iterations)
 
-    monkeypatch.setattr(lconv, "conv_operator_power_iteration", wrapper)
+    monkeypatch.setattr(lparam.operator_norm, "conv_operator_power_iteration", wrapper)
     m = L.SpectralConv2d(3, 4, 3, dtype=torch.bfloat16)
     m(torch.randn(1, 3, 6, 6, dtype=torch.bfloat16))
     assert seen and set(seen) == {torch.float32}

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from liplayers.geometry import fisher_rao_distance
+from liplayers.functional.geometry import fisher_rao_distance
 from liplayers.regularizers.fisher_spectrum import (
     FisherEigenvalueLoss,
     data_rank,

@@ -1,4 +1,4 @@
-"""Tests for liplayers.geometry: Fisher-Rao distance, KL, Hellinger, delta_m, boundary distance."""
+"""Tests for liplayers.functional.geometry: Fisher-Rao distance, KL, Hellinger, delta_m, boundary distance."""
 import itertools
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from liplayers.geometry import (
+from liplayers.functional.geometry import (
     MAX_BOUNDARY_DISTANCE,
     bhattacharyya_coefficient,
     delta_m,

@@ -101,7 +101,7 @@ def test_state_dict_round_trip_and_modes():
 
 
 def test_residual_bound_against_jacobian_svd_and_pairs():
-    branch = L.Sequential(L.BjorckLinear(8, 8, dtype=torch.float64), L.MaxMin())
+    branch = L.Sequential(L.BjorckLinear(8, 8, dtype=torch.float64), L.MaxMin(dim=-1))
     lin = nn.Linear(8, 8, dtype=torch.float64)
     with torch.no_grad():
         lin.weight.mul_(3.0 / torch.linalg.matrix_norm(lin.weight, ord=2))  # L_f = 3

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import liplayers as L
-from liplayers.householder import HouseholderActivation, householder_activation
-from liplayers.linf import linf_lipschitz_bound_of
+from liplayers.nn.householder import HouseholderActivation, householder_activation
+from liplayers.lipschitz import linf_lipschitz_bound_of
 
 
 def random_angles(act, seed=0):

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liplayers.attacks import divergence_pgd
-from liplayers.geometry import fisher_rao_distance, hellinger_distance, kl_divergence
+from liplayers.analysis.attacks import divergence_pgd
+from liplayers.functional.geometry import fisher_rao_distance, hellinger_distance, kl_divergence
 from liplayers.losses import FIRELoss, HellingerLoss, TRADESLoss
 
 LOSSES = [(FIRELoss, "fisher_rao", lambda a, b: fisher_rao_distance(a, b) ** 2, 12.0),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from liplayers.geometry import delta_m
+from liplayers.functional.geometry import delta_m
 from liplayers.regularizers import (
     ISOLoss,
     iso_penalty,

@@ -9,8 +9,9 @@ from torch import nn
 import liplayers as L
 from liplayers.certify.linf import certified_radius_linf, certify_linf, linf_margin_condition
 from liplayers.functional.l1_projection import l1_ball_threshold, project_l1_ball
-from liplayers.householder import HouseholderActivation
-from liplayers.linf import LInfLinear, linf_lipschitz_bound_of, linf_operator_norm
+from liplayers.nn.householder import HouseholderActivation
+from liplayers import LInfLinear
+from liplayers.lipschitz import linf_lipschitz_bound_of, linf_operator_norm
 from liplayers.lipschitz import UnboundedModuleError
 
 METHODS = ["newton", "sort", "condat"]
@@ -194,8 +195,8 @@ def test_linf_bound_of_known_and_unknown_modules():
         hh.phi.fill_(math.pi / 4)  # |cos| + |sin| = √2
     assert linf_lipschitz_bound_of(hh) == pytest.approx(math.sqrt(2), rel=1e-6)
     assert linf_lipschitz_bound_of(nn.LeakyReLU(0.1)) == 1.0
-    with pytest.raises(UnboundedModuleError, match="Conv1d"):
-        linf_lipschitz_bound_of(nn.Conv1d(1, 1, 3))
+    with pytest.raises(UnboundedModuleError, match="ConvTranspose1d"):
+        linf_lipschitz_bound_of(nn.ConvTranspose1d(1, 1, 3))
     with pytest.raises(UnboundedModuleError, match="Softmax"):
         linf_lipschitz_bound_of(nn.Sequential(LInfLinear(2, 2), nn.Softmax(-1)))
 
@@ -225,7 +226,7 @@ def test_linf_margin_constant_is_tight_and_seed_constant_is_not_sound():
 
 
 def test_linf_certificate_survives_pgd_on_trained_net():
-    attacks = pytest.importorskip("liplayers.attacks")
+    attacks = pytest.importorskip("liplayers.analysis.attacks")
     torch.manual_seed(0)
     net = nn.Sequential(LInfLinear(2, 16), L.MaxMin(), LInfLinear(16, 16), L.MaxMin(), LInfLinear(16, 3)).double()
     g = torch.Generator().manual_seed(8)

@@ -7,7 +7,8 @@ from torch import nn
 
 import liplayers as L
 from liplayers.certify.robustness import mean_certifiable_robustness, signed_certified_radius
-from liplayers.linf import LInfLinear, linf_lipschitz_bound_of
+from liplayers import LInfLinear
+from liplayers.lipschitz import linf_lipschitz_bound_of
 
 
 def test_binary_is_mean_of_y_times_f():
@@ -87,7 +88,7 @@ def _train(net, d, steps, g):
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_decision_cannot_change_within_signed_radius_pgd(norm):
     """Correct samples stay correct and wrong samples stay wrong within |signed radius| (PGD both ways)."""
-    attacks = pytest.importorskip("liplayers.attacks")
+    attacks = pytest.importorskip("liplayers.analysis.attacks")
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(3)
     if norm == "l2":

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from liplayers.__main__ import dense_gnp
+from liplayers.cli import dense_gnp
 from liplayers.data import load_digits
 from liplayers.losses import HKRLoss, TauCrossEntropyLoss
 from liplayers.regularizers import ParsevalRetraction

@@ -5,16 +5,11 @@ r"""Guaranteed Lipschitz upper bounds of a whole network, and an empirical lower
   (after the last optimizer step): it delegates to
   :func:`liplayers.lipschitz.lipschitz_bound_of` (each liplayers layer's own bound, or the
   bound registered for a plain ``torch.nn`` type — exact float64 SVD for dense weights, never
-  a power-iteration estimate), after refusing what the registry cannot see (forward hooks,
-  subclasses of a registered type that override ``forward``).
+  a power-iteration estimate). The registry denies by default: see :mod:`liplayers.lipschitz`.
 * :func:`lipschitz_lower_bound` — the largest local Jacobian spectral norm found at (and a
   few ascent steps around) given points. Since ‖J(x)‖₂ ≤ L at every point where f is
   differentiable, it shows how tight the upper bound is.
 
-``import liplayers.certify`` also registers bounds for more plain ``torch.nn`` modules
-(pooling, eval-mode batch norm, smooth activations, and a sound fallback for zero-padded
-convolutions) where no other part of the library registered one; see
-:mod:`liplayers.certify._torch_bounds`.
 """
 from __future__ import annotations
 
@@ -25,64 +20,26 @@ import torch
 from torch import Tensor, nn
 from ..functional import random as _rng
 
-from ..lipschitz import LipschitzModule, UnboundedModuleError, lipschitz_bound_of
-from ..lipschitz import _REGISTRY  # read-only: which plain torch types have a registered bound
-from . import _torch_bounds  # noqa: F401  (registers bounds of more plain torch.nn modules)
+from ..lipschitz import UnboundedModuleError, allow_hooks as _allow_hooks, eval_mode, lipschitz_bound_of
+
 
 __all__ = ["lipschitz_bound", "lipschitz_lower_bound", "check_boundable"]
 
 Shape = Optional[Tuple[int, ...]]
 
 
-def _global_hooks() -> int:
-    from torch.nn.modules import module as _m
-
-    n = 0
-    for name in ("_global_forward_hooks", "_global_forward_pre_hooks"):
-        n += len(getattr(_m, name, {}) or {})
-    return n
-
-
-def check_boundable(model: nn.Module, allow_hooks: bool = False) -> None:
+def check_boundable(model: nn.Module, allow_hooks: bool = False, input_shape: Shape = None) -> None:
     """Refuse models whose eval-mode function the Lipschitz registry cannot see.
+
+    Runs every check of :func:`lipschitz_bound` (unknown modules, argument values without a
+    proof, instance or overridden ``forward``/``__call__``, hooks, dimensions that mix samples)
+    by computing the bound; the value is discarded.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: a submodule (or the global ``nn.Module`` registry) has forward hooks or
-            forward pre-hooks and ``allow_hooks`` is False. Hooks can change what a module
-            computes (e.g. the legacy ``torch.nn.utils.spectral_norm`` / ``weight_norm``
-            recompute the weight in a pre-hook, so the stored ``weight`` attribute may be
-            stale); pass ``allow_hooks=True`` only for hooks that do not change outputs.
-        UnboundedModuleError: a module is bounded through a registered plain ``torch.nn``
-            base class but its own class overrides ``forward`` (the parent's bound says nothing
-            about the new function). Modules deriving from
-            :class:`~liplayers.lipschitz.LipschitzModule` report their own bound and are trusted.
+        UnboundedModuleError: see :func:`lipschitz_bound`.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not allow_hooks and _global_hooks():
-        raise ValueError("global nn.Module forward hooks are registered; they may change what the model "
-                         "computes, so no bound is given (pass allow_hooks=True if they do not)")
-    for name, m in model.named_modules():
-        label = name or "<model>"
-        if not allow_hooks and (len(m._forward_hooks) or len(m._forward_pre_hooks)):
-            raise ValueError(
-                f"module {label} ({type(m).__name__}) has forward hooks or pre-hooks; they may change what "
-                "it computes (e.g. legacy torch.nn.utils.spectral_norm/weight_norm recompute the weight "
-                "in a hook), so no bound is given. Use torch.nn.utils.parametrizations instead, or pass "
-                "allow_hooks=True if the hooks do not change outputs"
-            )
-        if isinstance(m, LipschitzModule):
-            continue
-        for klass in type(m).__mro__:
-            if klass in _REGISTRY:
-                if getattr(type(m), "forward", None) is not getattr(klass, "forward", None):
-                    raise UnboundedModuleError(
-                        f"module {label} ({type(m).__name__}) subclasses {klass.__name__} but overrides "
-                        f"forward: the bound registered for {klass.__name__} does not apply. Make it a "
-                        "liplayers.lipschitz.LipschitzModule or register a bound for its class"
-                    )
-                break
+    lipschitz_bound(model, input_shape, allow_hooks=allow_hooks)
 
 
 def lipschitz_bound(model: nn.Module, input_shape: Shape = None, *, allow_hooks: bool = False) -> float:
@@ -111,15 +68,15 @@ def lipschitz_bound(model: nn.Module, input_shape: Shape = None, *, allow_hooks:
         UnboundedModuleError: a layer has no known bound (the message names it).
         ValueError: hooks (see :func:`check_boundable`), or a non-finite bound.
     """
-    check_boundable(model, allow_hooks=allow_hooks)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if input_shape is not None:
+        if isinstance(input_shape, (str, bytes)) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                                             for s in tuple(input_shape)):
+            raise ValueError(f"input_shape must be a sequence of positive ints (without batch), got {input_shape!r}")
         input_shape = tuple(int(s) for s in input_shape)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), _allow_hooks(allow_hooks):
         bound = float(lipschitz_bound_of(model, input_shape))
-    finally:
-        model.train(was_training)
     if not math.isfinite(bound) or bound < 0:
         raise ValueError(f"the Lipschitz bound of {type(model).__name__} is not a finite non-negative number: {bound}")
     return bound

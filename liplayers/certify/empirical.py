@@ -4,7 +4,7 @@ A certificate claims that no x′ with ‖x′ − x‖₂ ≤ r(x) changes the 
 module tries to refute it: every point with r(x) > 0 is attacked, *against its own
 prediction* (labels are irrelevant to a certificate), by
 
-* our L2 PGD (:func:`liplayers.attacks.pgd_attack`, margin objective, per-sample radius,
+* our L2 PGD (:func:`liplayers.analysis.attacks.pgd_attack`, margin objective, per-sample radius,
   no box constraint by default — the certificate covers the whole ball), and
 * when the third-party ``torchattacks`` package is installed, its L2 attacks. Those assume
   inputs in [0, 1] and one scalar ε, so they run on a reparametrized model
@@ -238,7 +238,7 @@ def attack_check(
             broken = broken | changed
 
         # --- our PGD -------------------------------------------------------------------------
-        from ..attacks import pgd, pgd_attack
+        from ..analysis.attacks import pgd, pgd_attack
 
         binary = logits0.dim() == 1 or logits0.shape[1] == 1
         for k in range(restarts):

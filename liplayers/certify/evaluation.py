@@ -17,9 +17,10 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..containers import Sequential
-from ..lipschitz import UnboundedModuleError
-from .bounds import check_boundable, lipschitz_bound
+from ..lipschitz import UnboundedModuleError, eval_mode
+from ..nn.container import Sequential
+from ..utils import check_finite_tensor, check_positive_int, iter_batches
+from .bounds import lipschitz_bound
 from .margins import (
     _positive,
     certified_radius,
@@ -77,11 +78,42 @@ def _used_weight(layer: nn.Linear) -> Tensor:
 
 
 def _check_x(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
-        raise ValueError("x must be a floating-point tensor of shape (B, ...)")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains non-finite values")
-    return x
+    return check_finite_tensor(x, "x (inputs of shape (B, ...))", min_dim=2)
+
+
+def _leaves(model: nn.Module):
+    return [m for m in model.modules() if next(iter(m.children()), None) is None]
+
+
+class _MagnitudeTracker:
+    """Records, per sample, Σ over leaf modules of the L2 norm of their outputs during a forward.
+
+    Used for the rounding allowance: rounding errors are relative to the values computed inside
+    the network, so large internal values that cancel must widen it (see :meth:`Certifier.radius`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.total: Optional[Tensor] = None
+        self.handles = []
+
+    def _hook(self, module, inputs, output) -> None:
+        if not isinstance(output, Tensor) or output.dim() < 1 or self.total is None:
+            return
+        if output.shape[0] != self.total.shape[0]:
+            return
+        with torch.no_grad():
+            v = output.detach().to(torch.float64).reshape(output.shape[0], -1)
+            self.total += torch.linalg.vector_norm(v, dim=1).nan_to_num(nan=math.inf).to(self.total.device)
+
+    def __enter__(self):
+        self.handles = [m.register_forward_hook(self._hook) for m in _leaves(self.model)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 class Certifier:
@@ -93,10 +125,16 @@ class Certifier:
         norm: ``"l2"`` or ``"linf"`` (see :func:`~liplayers.certify.certified_radius`).
         lipschitz: a known guaranteed L2 bound of the whole model; computed if ``None``.
         last_layer: ``"auto"`` (use the last-linear-layer certificate too when the model is a
-            Sequential ending with ``nn.Linear`` and its body is boundable), ``True``
-            (required; ``ValueError`` if impossible) or ``False``.
+            Sequential ending with ``nn.Linear`` and passes every check of
+            :func:`~liplayers.certify.lipschitz_bound`), ``True`` (required; ``ValueError`` if
+            impossible) or ``False``.
         rtol: floating-point allowance of the logits (see ``certified_radius``).
-        allow_hooks: see :func:`~liplayers.certify.check_boundable`.
+        allow_hooks: see :func:`~liplayers.certify.lipschitz_bound`.
+
+    Every path to a radius applies the same checks: the last-layer certificate is used only
+    when the registry bounds the *whole* model (so a hook, an instance ``forward`` or an
+    overridden ``__call__`` anywhere is refused exactly as :func:`lipschitz_bound` refuses it).
+    A user-supplied ``lipschitz`` is trusted as a guaranteed bound of the whole model.
 
     The bounds reflect the weights at construction time: build a new Certifier after
     changing the weights (the module-level functions always do).
@@ -115,52 +153,54 @@ class Certifier:
         self.norm = normalize_norm(norm)
         self.rtol = rtol
         self.binary: Optional[bool] = None  # known after the first call (single-logit model?)
-        was_training = model.training
-        model.eval()
-        try:
-            self.last_weight: Optional[Tensor] = None
-            self.lipschitz_body: Optional[float] = None
-            last_bound: Optional[float] = None
-            split = split_last_linear(model) if last_layer else None
+        self.num_classes: Optional[int] = None
+        self.last_weight: Optional[Tensor] = None
+        self.lipschitz_body: Optional[float] = None
+        with eval_mode(model):
+            full: Optional[float] = None
+            try:  # the whole model through the registry: every check applies
+                full = lipschitz_bound(model, self.input_shape, allow_hooks=allow_hooks)
+            except UnboundedModuleError:
+                if lipschitz is None or last_layer is True:
+                    raise
+            split = split_last_linear(model) if (last_layer and full is not None) else None
             if last_layer is True and split is None:
                 raise ValueError("last_layer=True needs a model that is an nn.Sequential ending with an "
-                                 f"nn.Linear; got {type(model).__name__}")
+                                 f"nn.Linear whose bound is known; got {type(model).__name__}")
             if split is not None:
                 body, lin = split
-                try:
-                    lb = lipschitz_bound(body, self.input_shape, allow_hooks=allow_hooks)
-                except UnboundedModuleError:
-                    if last_layer is True:
-                        raise
-                    lb = None
-                if lb is not None and lb > 0:
+                lb = lipschitz_bound(body, self.input_shape, allow_hooks=allow_hooks)
+                if lb > 0:
                     self.lipschitz_body = lb
                     self.last_weight = _used_weight(lin)
-                    if lipschitz is None and _plain_chain(model):
-                        # compose_bounds(model) is the product of the same per-layer bounds: reuse them
-                        last_bound = lipschitz_bound(lin, allow_hooks=allow_hooks)
+                    if not bool(torch.isfinite(self.last_weight).all()):
+                        raise ValueError("the last layer's weight contains non-finite values")
             if lipschitz is not None:
                 self.lipschitz = float(_positive(lipschitz, "lipschitz", allow_tensor=False))
-            elif last_bound is not None:
-                check_boundable(model, allow_hooks=allow_hooks)
-                self.lipschitz = self.lipschitz_body * last_bound
             else:
-                self.lipschitz = lipschitz_bound(model, self.input_shape, allow_hooks=allow_hooks)
-        finally:
-            model.train(was_training)
+                self.lipschitz = full
         if self.lipschitz <= 0 or not math.isfinite(self.lipschitz):
             raise ValueError(f"the Lipschitz bound must be finite and > 0, got {self.lipschitz}")
+        # multiplier of internal magnitudes in the rounding allowance: errors made inside the network
+        # are amplified by at most the bound of what follows; max(1, L) covers chains of layers ≤ 1
+        self._amplification = max(1.0, self.lipschitz, full if full is not None else 1.0)
 
-    def radius(self, logits: Tensor, x: Optional[Tensor] = None) -> Tensor:
+    def radius(self, logits: Tensor, x: Optional[Tensor] = None, internal: Optional[Tensor] = None) -> Tensor:
         """(B,) float64 certified radii of the predictions encoded by ``logits`` (of inputs ``x``).
 
-        With ``x``, the rounding allowance uses the magnitude scale s = 1 + L‖x‖₂ (see
-        :func:`~liplayers.certify.certified_radius`); without it, s = 1.
+        Rounding allowance: the logits' float error is assumed ≤ rtol·(|f| + s) with the magnitude
+        scale s = 1 + L‖x‖₂ + A·Σ_m ‖h_m‖₂, where h_m are the outputs of the leaf modules during
+        the certifying forward (``internal``, tracked by :meth:`__call__`) and A = max(1, L): large
+        internal values that cancel (a float32 staircase) widen the allowance instead of hiding.
         """
         scale = None
         if x is not None:
             xn = torch.linalg.vector_norm(x.detach().reshape(x.shape[0], -1).to(torch.float64), dim=1)
-            scale = 1.0 + self.lipschitz * xn
+            scale = 1.0 + self.lipschitz * xn.to(logits.device)
+            if internal is not None:
+                scale = scale + self._amplification * internal.to(scale.device)
+            if not bool(torch.isfinite(scale).all()):
+                raise ValueError("values inside the network are not finite (or overflow float64): no certificate")
         r = certified_radius(logits, self.lipschitz, self.norm, input_dim=self.input_dim, rtol=self.rtol,
                              scale=scale)
         if self.last_weight is not None:
@@ -175,19 +215,22 @@ class Certifier:
         _check_x(x)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"x has per-sample shape {tuple(x.shape[1:])}, expected {self.input_shape}")
-        bs = x.shape[0] if not batch_size else int(batch_size)
-        was_training = self.model.training
-        self.model.eval()
+        bs = x.shape[0] if not batch_size else check_positive_int(batch_size, "batch_size")
         preds, radii = [], []
-        try:
+        with eval_mode(self.model):
             for start in range(0, x.shape[0], max(bs, 1)):
                 xb = x[start:start + bs]
-                logits = self.model(xb)
+                tracker = _MagnitudeTracker(self.model)
+                tracker.total = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
+                with tracker:
+                    logits = self.model(xb)
+                if not isinstance(logits, Tensor) or logits.shape[:1] != xb.shape[:1]:
+                    raise ValueError(f"the model must return logits of shape (B, C) or (B,) for B = {xb.shape[0]} "
+                                     f"inputs, got {tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)}")
                 self.binary = logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)
+                self.num_classes = 2 if self.binary else int(logits.shape[1])
                 preds.append(predict_from_logits(logits))
-                radii.append(self.radius(logits, xb))
-        finally:
-            self.model.train(was_training)
+                radii.append(self.radius(logits, xb, tracker.total))
         if not preds:
             return (torch.empty(0, dtype=torch.int64, device=x.device),
                     torch.empty(0, dtype=torch.float64, device=x.device))
@@ -293,28 +336,20 @@ def _check_eps(eps) -> Tuple[float, ...]:
 
 
 def _batches(data, batch_size: int) -> Iterator[Tuple[Tensor, Tensor]]:
-    """(x, y) batches from an (x, y) pair of tensors or an iterable of (x, y, ...) batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x and y have different lengths: {x.shape[0]} vs {y.shape[0]}")
-        for s in range(0, x.shape[0], batch_size):
-            yield x[s:s + batch_size], y[s:s + batch_size]
-        return
-    if not isinstance(data, Iterable):
-        raise TypeError("data must be an (x, y) pair of tensors or an iterable of (x, y) batches (e.g. a DataLoader)")
-    for item in data:
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise TypeError("each batch of data must be a tuple (x, y, ...)")
-        yield item[0], item[1]
+    return iter_batches(data, batch_size)
 
 
-def _labels(y: Tensor, binary: bool) -> Tensor:
-    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dim() != 1:
-        raise ValueError("labels must be an integer tensor of shape (B,)")
+def _labels(y: Tensor, binary: bool, num_classes: Optional[int] = None) -> Tensor:
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.dim() != 1:
+        raise ValueError("labels must be an integer tensor of shape (B,), got "
+                         + (f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__))
     y = y.to(torch.int64)
     if binary:
+        if y.numel() and not bool(((y == 0) | (y == 1) | (y == -1)).all()):
+            raise ValueError("binary labels must lie in {0, 1} or {-1, +1}")
         return (y > 0).to(torch.int64)  # {0, 1} or {-1, +1}
+    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"class labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
     return y
 
 
@@ -340,7 +375,8 @@ def certified_accuracy(
     Args:
         model: classifier (logits (B, C), or a single binary logit with labels in {0, 1} or
             {−1, +1}).
-        data: ``(x, y)`` tensors, or an iterable of ``(x, y, ...)`` batches (a DataLoader).
+        data: a ``Dataset``, a ``DataLoader`` (any iterable of ``(x, y, ...)`` batches) or an
+            ``(x, y)`` pair of tensors.
         eps: radius or radii (input units of ``norm``), finite and ≥ 0.
         norm, lipschitz, last_layer, rtol, allow_hooks: see :func:`certify`.
         batch_size: chunk size when ``data`` is a pair of tensors.
@@ -350,8 +386,7 @@ def certified_accuracy(
         A :class:`CertifiedAccuracy`.
     """
     eps_t = _check_eps(eps)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     cert: Optional[Certifier] = None
     radii, correct = [], []
     for xb, yb in _batches(data, batch_size):
@@ -362,7 +397,7 @@ def certified_accuracy(
             cert = Certifier(model, tuple(xb.shape[1:]), norm=norm, lipschitz=lipschitz, last_layer=last_layer,
                              rtol=rtol, allow_hooks=allow_hooks)
         pred, rad = cert(xb)
-        yb = _labels(yb, bool(cert.binary)).to(pred.device)
+        yb = _labels(yb, bool(cert.binary), cert.num_classes).to(pred.device)
         if yb.shape[0] != pred.shape[0]:
             raise ValueError(f"a batch has {pred.shape[0]} inputs but {yb.shape[0]} labels")
         correct.append((pred == yb).cpu())

@@ -3,7 +3,7 @@ r"""Margin certificates for networks with an ∞→∞ Lipschitz bound (seed 004
 Derivation of the constant
 --------------------------
 Let the logit map ``f: (Rⁿ, ‖·‖∞) → (R^C, ‖·‖∞)`` be ``K``-Lipschitz
-(:func:`liplayers.linf.linf_lipschitz_bound_of`), ``t`` the class of ``x`` and
+(:func:`liplayers.nn.linf_linear.linf_lipschitz_bound_of`), ``t`` the class of ``x`` and
 ``M(x) = f_t(x) − max_{i≠t} f_i(x)`` the margin. For ``‖δ‖∞ ≤ ε`` every logit moves by at most
 ``Kε``: ``|f_j(x+δ) − f_j(x)| ≤ ‖f(x+δ) − f(x)‖∞ ≤ Kε``. Hence each pairwise margin
 ``f_t − f_i`` moves by at most ``2Kε`` and
@@ -89,7 +89,7 @@ def certified_radius_linf(
         logits: ``(B, C)`` with ``C ≥ 2``, or one logit per sample ``(B,)``/``(B, 1)``
             (class = ``f > 0``; radius ``|f|/K``).
         linf_lipschitz: ``K``, a guaranteed ∞→∞ Lipschitz bound of the map producing ``logits``
-            (:func:`liplayers.linf.linf_lipschitz_bound_of`), or, with ``last_layer_weight``,
+            (:func:`liplayers.nn.linf_linear.linf_lipschitz_bound_of`), or, with ``last_layer_weight``,
             of the body before the last linear layer.
         labels: ``(B,)`` integer labels; if given, misclassified samples get radius 0 (not
             certified). Binary labels are 0/1 (or ≤0/>0). Without labels the predicted

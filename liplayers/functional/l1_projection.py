@@ -182,7 +182,7 @@ def project_l1_ball(v: Tensor, radius: float = 1.0, dim: int = -1, method: str =
             ``dim=-1``) is projected independently ("batched over rows").
         radius: ``r > 0``; after projection ``‖row‖₁ ≤ r`` (to floating-point rounding, a few
             ulps; certificates must use the measured norm, e.g.
-            :meth:`liplayers.linf.LInfLinear.linf_lipschitz_bound`).
+            :meth:`liplayers.nn.linf_linear.LInfLinear.linf_lipschitz_bound`).
         dim: the dimension holding the vectors to project.
         method: ``"newton"`` (default, vectorized Michelot/Newton iterations from Condat's lower
             bound), ``"sort"`` (O(n log n), vectorized) or ``"condat"`` (Condat 2016 literally,

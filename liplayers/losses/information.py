@@ -4,7 +4,7 @@ All three compute, per sample,
 
     loss(x, y) = CE(f(x), y) + λ · D(p(x), p(x'))                   (seed 001 eq. 7)
 
-with ``x'`` obtained by PGD (:func:`liplayers.attacks.divergence_pgd`) maximizing the same
+with ``x'`` obtained by PGD (:func:`liplayers.analysis.attacks.divergence_pgd`) maximizing the same
 divergence from the (detached) clean prediction within ``B_p(x, ε) ∩ domain``:
 
 ======================  =============================  ==============================
@@ -24,7 +24,7 @@ sum above 1 (NaN), ``arccos'`` is infinite at 1 (i.e. exactly at ``p = q``, the 
 early in training and for the clean/adversarial pair of a robust model), and ``√`` of an
 underflowed probability has an infinite derivative.  Here the distance is
 ``4·arcsin(‖√p − √q‖/2)`` with ``√p = exp(½ log_softmax)`` (see
-:func:`liplayers.geometry.fisher_rao_distance`), whose value and gradient are finite
+:func:`liplayers.functional.geometry.fisher_rao_distance`), whose value and gradient are finite
 everywhere; non-finite logits raise a ``ValueError`` instead of propagating NaN silently.
 
 The model is used as given (no ``train()``/``eval()`` switching); during the inner PGD
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import divergence_pgd
-from ..geometry import fisher_rao_distance, hellinger_distance, kl_divergence
+from ..analysis.attacks import divergence_pgd
+from ..functional.geometry import fisher_rao_distance, hellinger_distance, kl_divergence
 
 __all__ = ["FIRELoss", "TRADESLoss", "HellingerLoss"]
 

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp
 from ..functional import random as _rng
 
-from ..geometry import sphere_coordinates
+from ..functional.geometry import sphere_coordinates
 from .iso import sqrt_prob_jacobian
 
 __all__ = [

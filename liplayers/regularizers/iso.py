@@ -24,8 +24,8 @@ equivalently: ``G̃`` has exactly ``m`` non-zero eigenvalues, all equal to ``K²
 
 with the seed's ``ε²`` prefactor ("to compensate the 1/ε²", seed 000 after eq. 14).
 ``α ≥ 0`` and ``α = 0`` iff (★) holds.  Default ``K = δ_m/ε`` with
-``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.geometry.delta_m`, the seed's constant;
-:func:`liplayers.geometry.max_boundary_distance` ``= π/2`` is the distance to the
+``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.functional.geometry.delta_m`, the seed's constant;
+:func:`liplayers.functional.geometry.max_boundary_distance` ``= π/2`` is the distance to the
 argmax decision boundary, pass ``scale=(π/2)/ε`` to use it).
 
 Relation to seed 000 eqs. 12–15
@@ -95,7 +95,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, jvp, vmap
 from ..functional import random as _rng
 
-from ..geometry import delta_m, sphere_coordinates
+from ..functional.geometry import delta_m, sphere_coordinates
 
 __all__ = [
     "sqrt_prob_jacobian",
@@ -289,7 +289,7 @@ def iso_penalty(
         x: inputs (B, ...); the Jacobian is taken w.r.t. all features (``n = x[0].numel()``).
         epsilon: the budget ``ε`` (> 0), input units; sets the prefactor ``ε²`` and the default scale.
         scale: the length factor ``K`` (> 0).  Default ``δ_m/ε`` with seed 000's
-            ``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.geometry.delta_m`).
+            ``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.functional.geometry.delta_m`).
         estimator: ``"exact"`` (jacrev) or ``"randomized"`` (``num_probes`` JVPs).
         num_probes: number of probes ``k ≥ 2`` for the randomized estimator.
         generator: :class:`torch.Generator` for the probes (determinism).
@@ -322,7 +322,7 @@ def iso_penalty_stereographic(
     r"""Seed 000's eq. 14 in its stereographic coordinates (exact Jacobian), ``(B,)``.
 
     ``ε²‖J̃J̃ᵀ − c(θ) I_m‖_F`` with ``J̃ = ∂t/∂x``, ``t`` from
-    :func:`liplayers.geometry.stereographic_coordinates` (last class dropped) and
+    :func:`liplayers.functional.geometry.stereographic_coordinates` (last class dropped) and
     ``c = K²/(1 − √θ_{m+1})²`` (eq. 13 corrected, default) or, with ``printed_eq13=True``,
     ``c = K² θ_{m+1}/(2√θ_{m+1} − ‖θ_{1:m}‖₁)²`` as printed.  With the corrected constant this
     equals :func:`iso_penalty` ``/ (1 − √θ_{m+1})²``.  For reproducing/testing the seed only;

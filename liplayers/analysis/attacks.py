@@ -38,9 +38,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .functional import random as _rng
+from ..functional import random as _rng
 
-from .geometry import get_divergence
+from ..functional.geometry import get_divergence
 
 __all__ = ["pgd", "pgd_attack", "divergence_pgd", "margin_objective"]
 

@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .lipschitz import LipschitzModule
+from ..lipschitz import LipschitzModule, feature_dim
 
 __all__ = ["HouseholderActivation", "householder_activation"]
 
@@ -95,12 +95,14 @@ class HouseholderActivation(LipschitzModule):
         return torch.cos(p).double(), torch.sin(p).double()
 
     def lipschitz_bound(self, input_shape: Optional[Tuple[int, ...]] = None) -> float:
+        feature_dim(self, self.dim, input_shape)
         # R = [[c, s], [s, -c]] is symmetric with eigenvalues ±√(c² + s²): its exact norm
         c, s = self._cos_sin()
         return max(1.0, float(torch.sqrt(c * c + s * s).max()) * (1 + 4 * 2.0 ** -52))
 
     def linf_lipschitz_bound(self, input_shape: Optional[Tuple[int, ...]] = None) -> float:
         """∞→∞ bound: the larger of the pieces' norms, ``max(1, |cos φ| + |sin φ|)`` (≤ √2)."""
+        feature_dim(self, self.dim, input_shape)
         c, s = self._cos_sin()
         return max(1.0, float((c.abs() + s.abs()).max()) * (1 + 4 * 2.0 ** -52))
 

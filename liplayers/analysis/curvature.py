@@ -52,7 +52,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from .functional import random as _rng
+from ..functional import random as _rng
 
 __all__ = [
     "decision_gradient",

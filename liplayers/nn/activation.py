@@ -11,12 +11,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .lipschitz import LipschitzModule
+from ..lipschitz import LipschitzModule, UnboundedModuleError, feature_dim
 
 __all__ = ["GroupSort", "MaxMin", "FullSort", "group_sort"]
 
 
-def group_sort(x: Tensor, group_size: Optional[int], dim: int = -1) -> Tensor:
+def group_sort(x: Tensor, group_size: Optional[int], dim: int = 1) -> Tensor:
     """Sort ``x`` in ascending order within consecutive groups of ``group_size`` along ``dim``.
 
     ``group_size=None`` sorts the whole dimension (FullSort). Shape is preserved.
@@ -42,13 +42,18 @@ def group_sort(x: Tensor, group_size: Optional[int], dim: int = -1) -> Tensor:
 
 
 class GroupSort(LipschitzModule):
-    """Sort within groups of ``group_size`` along ``dim`` (1 for image channels, -1 for features).
+    """Sort within groups of ``group_size`` along ``dim`` (default 1: torch's channel / feature dimension).
 
-    Shapes: any, preserved. 1-Lipschitz and gradient-norm preserving. Raises ``ValueError``
-    when the size of ``dim`` is not divisible by ``group_size``.
+    Shape:
+        - Input: ``(B, C, *)`` (or any shape with ``dim`` not the batch dimension).
+        - Output: same shape.
+
+    1-Lipschitz in L2 and ∞ and gradient-norm preserving. Raises ``ValueError`` when the size of
+    ``dim`` is not divisible by ``group_size``. ``dim`` must not be the batch dimension (sorting
+    across samples mixes them): the bounds refuse it.
     """
 
-    def __init__(self, group_size: int = 2, dim: int = -1) -> None:
+    def __init__(self, group_size: int = 2, dim: int = 1) -> None:
         super().__init__()
         if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
             raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
@@ -58,8 +63,18 @@ class GroupSort(LipschitzModule):
     def forward(self, x: Tensor) -> Tensor:
         return group_sort(x, self.group_size, self.dim)
 
+    def _check(self, input_shape) -> float:
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise UnboundedModuleError(f"{type(self).__name__}.group_size = {g!r} must be a positive int or None")
+        feature_dim(self, self.dim, input_shape)
+        return 1.0  # a permutation of the coordinates of each sample
+
     def lipschitz_bound(self, input_shape=None) -> float:
-        return 1.0
+        return self._check(input_shape)
+
+    def linf_lipschitz_bound(self, input_shape=None) -> float:
+        return self._check(input_shape)
 
     def to_torch(self) -> nn.Module:
         return self  # parameter-free; built from torch ops only
@@ -71,7 +86,7 @@ class GroupSort(LipschitzModule):
 class MaxMin(GroupSort):
     """GroupSort with groups of 2: (a, b) → (min(a, b), max(a, b)); same channel count."""
 
-    def __init__(self, dim: int = -1) -> None:
+    def __init__(self, dim: int = 1) -> None:
         super().__init__(2, dim)
 
     def extra_repr(self) -> str:
@@ -81,7 +96,7 @@ class MaxMin(GroupSort):
 class FullSort(GroupSort):
     """GroupSort with a single group: sorts the whole ``dim``."""
 
-    def __init__(self, dim: int = -1) -> None:
+    def __init__(self, dim: int = 1) -> None:
         super().__init__(None, dim)
 
     def extra_repr(self) -> str:

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .functional.spectral import spectral_norm_exact
-from .lipschitz import LipschitzModule
-from .parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
+from ..functional.spectral import spectral_norm_exact
+from ..lipschitz import LipschitzModule, linf_operator_norm
+from ..parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
 
 __all__ = ["BjorckLinear", "SpectralLinear"]
 
@@ -26,6 +26,10 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
     def lipschitz_bound(self, input_shape=None) -> float:
         """Exact (float64 SVD, +1e-9 relative) spectral norm of the weight used in eval mode."""
         return float(spectral_norm_exact(self.eval_weight()))
+
+    def linf_lipschitz_bound(self, input_shape=None) -> float:
+        """∞→∞ bound: the largest row L1 norm of the weight used in eval mode."""
+        return linf_operator_norm(self.eval_weight())
 
     def eval_weight(self) -> torch.Tensor:
         """The effective weight as used in eval mode (detached), without changing the mode."""

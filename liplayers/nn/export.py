@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .lipschitz import LipschitzModule
+from ..lipschitz import LipschitzModule
 
 __all__ = ["export"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lipschitz import LipschitzModule, compose_bounds, lipschitz_bound_of
+from ..lipschitz import LINF_BOUNDS, LipschitzModule, compose_bounds, linf_lipschitz_bound_of, lipschitz_bound_of, real_arg
 
 __all__ = ["Sequential", "Residual"]
 
@@ -21,6 +21,9 @@ class Sequential(nn.Sequential, LipschitzModule):
 
     def lipschitz_bound(self, input_shape=None) -> float:
         return compose_bounds(list(self), input_shape)
+
+    def linf_lipschitz_bound(self, input_shape=None) -> float:
+        return LINF_BOUNDS.compose(list(self), input_shape)
 
     def to_torch(self) -> nn.Sequential:
         from .export import export  # same layer of the library
@@ -54,7 +57,13 @@ class Residual(LipschitzModule):
         return (1.0 - self.alpha) * x + self.alpha * y
 
     def lipschitz_bound(self, input_shape=None) -> float:
-        return (1.0 - self.alpha) + self.alpha * lipschitz_bound_of(self.module, input_shape)
+        # alpha is read (and checked) now: it may have been changed after construction
+        alpha = real_arg(self, "alpha", lo=0.0, hi=1.0)
+        return (1.0 - alpha) + alpha * lipschitz_bound_of(self.module, input_shape)
+
+    def linf_lipschitz_bound(self, input_shape=None) -> float:
+        alpha = real_arg(self, "alpha", lo=0.0, hi=1.0)
+        return (1.0 - alpha) + alpha * linf_lipschitz_bound_of(self.module, input_shape)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -1,9 +1,9 @@
 """Small gradient-norm-preserving (GNP) networks for 28×28 and 32×32 images.
 
 Every layer is 1-Lipschitz and (away from zero-padded borders) gradient-norm preserving:
-orthogonal convolutions (:class:`~liplayers.conv.OrthoConv2d`), MaxMin activations over
+orthogonal convolutions (:class:`~liplayers.nn.OrthoConv2d`), MaxMin activations over
 channels, strided blocks by invertible downsampling, a Björck dense head. The returned
-:class:`~liplayers.containers.Sequential` reports a guaranteed ``lipschitz_bound`` (pass the
+:class:`~liplayers.nn.container.Sequential` reports a guaranteed ``lipschitz_bound`` (pass the
 input shape for the tight FFT bounds).
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Sequence
 
 from torch import nn
 
-from .activations import MaxMin
-from .containers import Sequential
-from .conv import OrthoConv2d
-from .linear import BjorckLinear
+from ..nn.activation import MaxMin
+from ..nn.container import Sequential
+from ..nn import OrthoConv2d
+from ..nn.linear import BjorckLinear
 
 __all__ = ["gnp_conv_net", "gnp_mlp"]
 
@@ -49,7 +49,7 @@ def gnp_conv_net(
         padding_mode: 'zeros' (norm ≤ 1 at borders) or 'circular' (exactly orthogonal convs).
 
     Returns:
-        :class:`~liplayers.containers.Sequential`, input (B, in_channels, H, W) → (B, num_classes).
+        :class:`~liplayers.nn.container.Sequential`, input (B, in_channels, H, W) → (B, num_classes).
     """
     for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("input_size", input_size),
                     ("width", width), ("blocks", blocks), ("convs_per_block", convs_per_block),

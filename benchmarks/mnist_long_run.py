@@ -1,0 +1,122 @@
+"""Long MNIST certified-training run (L2, ε = 1.58): GloRo's 4C3F shape with orthogonal layers.
+
+4C3F (Leino et al. 2021): conv 32 (3×3) → conv 32 (4×4, stride 2) → conv 64 (3×3) →
+conv 64 (4×4, stride 2) → dense 512 → dense 512 → dense 10, here with exactly orthogonal
+convolutions (BCOP), MaxMin activations over channels and Björck dense layers. Loss: cross-
+entropy with an offset on the true logit and a temperature (Prach & Lampert 2022):
+CE((f − m·e_y)/τ, y) · τ with m = 2√2·ε and τ = 1/4 (Prach et al. 2023). Adam with a
+one-cycle schedule. A checkpoint is written after every epoch; rerunning the same command
+resumes from it. Trained on reconstructed MNIST training images (see ../shared/README.md).
+
+    python benchmarks/mnist_long_run.py --out results/mnist_long --epochs 50 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import liplayers as L
+from liplayers.certify import certified_accuracy, lipschitz_bound
+from liplayers.data import load_dataset
+
+
+def build(width: int = 32, dense: int = 512) -> nn.Module:
+    w = width
+    return L.Sequential(
+        L.OrthoConv2d(1, w, 3, padding="same"), L.MaxMin(dim=1),
+        L.OrthoConv2d(w, w, 4, stride=2, padding="same"), L.MaxMin(dim=1),
+        L.OrthoConv2d(w, 2 * w, 3, padding="same"), L.MaxMin(dim=1),
+        L.OrthoConv2d(2 * w, 2 * w, 4, stride=2, padding="same"), L.MaxMin(dim=1),
+        nn.Flatten(),
+        L.BjorckLinear(2 * w * 49, dense), L.MaxMin(dim=1),
+        L.BjorckLinear(dense, dense), L.MaxMin(dim=1),
+        L.BjorckLinear(dense, 10))
+
+
+def offset_ce(logits, y, offset, tau):
+    onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return F.cross_entropy((logits - offset * onehot) / tau, y) * tau
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/mnist_long")
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--eps", type=float, default=1.58)
+    ap.add_argument("--offset-scale", type=float, default=2 * math.sqrt(2))
+    ap.add_argument("--tau", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-limit", type=int, default=2000)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = load_dataset("mnist", args.data_dir)
+    xtr, ytr = train.tensors
+    xte, yte = test.tensors
+    torch.manual_seed(args.seed)
+    model = build()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps_per_epoch = math.ceil(len(xtr) / args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    ckpt = out / "checkpoint.pt"
+    start, history, elapsed = 0, [], 0.0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
+        start, history, elapsed = st["epoch"], st["history"], st["elapsed"]
+        torch.set_rng_state(st["rng"])
+        print(f"resumed at epoch {start}", flush=True)
+    offset = args.offset_scale * args.eps
+    for epoch in range(start, args.epochs):
+        model.train()
+        t0 = time.time()
+        perm = torch.randperm(len(xtr))
+        tot = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            loss = offset_ce(model(xtr[idx]), ytr[idx], offset, args.tau)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item()
+        elapsed += time.time() - t0
+        model.eval()
+        n = args.eval_limit
+        res = certified_accuracy(model, (xte[:n], yte[:n]), eps=(0.5, 1.0, 1.58))
+        row = {"epoch": epoch + 1, "train_time_s": round(elapsed, 1), "loss": tot / steps_per_epoch,
+               "clean": res.clean_accuracy, "lipschitz": res.lipschitz,
+               "certified": {str(e): a for e, a in zip(res.eps, res.certified_accuracy)}}
+        history.append(row)
+        print(json.dumps(row), flush=True)
+        tmp = out / "checkpoint.tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "epoch": epoch + 1, "history": history, "elapsed": elapsed, "rng": torch.get_rng_state(),
+                    "args": vars(args)}, tmp)
+        os.replace(tmp, ckpt)
+        torch.save(model.state_dict(), out / "model.pt")
+    model.eval()
+    res = certified_accuracy(model, (xte, yte), eps=(0.5, 1.0, 1.58))
+    final = {"final_full_test": {"clean": res.clean_accuracy, "n": res.n,
+                               "certified": {str(e): a for e, a in zip(res.eps, res.certified_accuracy)}}, "bound": lipschitz_bound(model, (1, 1, 28, 28)), "history": history,
+             "train_time_s": elapsed, "threads": args.threads, "args": vars(args)}
+    (out / "results.json").write_text(json.dumps(final, indent=2, default=str))
+    print(json.dumps(final, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

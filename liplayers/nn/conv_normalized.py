@@ -1,0 +1,171 @@
+"""Convolutions normalized by their operator norm: SpectralConv2d (FFT / power iteration), RKOConv2d."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..functional.conv import _pair, _spatial, circular_conv2d, conv2d_lipschitz_bound, resolve_padding, window_multiplicity
+from ..functional.spectral import spectral_norm_exact
+from ..lipschitz import LipschitzModule
+from ..parametrizations._common import eval_mode_weight, orthogonal_init_
+from ..parametrizations.operator_norm import OperatorNormalized as _OperatorNormalized
+from ..parametrizations.rko import RKONormalized as _RKONormalized
+from ._conv_common import Size2, _check_padding_mode, _normalize_conv_padding
+
+__all__ = ["SpectralConv2d", "RKOConv2d"]
+
+
+class _ConvLipschitzMixin(LipschitzModule):
+    """Shared eval-weight / export / bound code for parametrized ``nn.Conv2d`` subclasses."""
+
+    def eval_weight(self) -> Tensor:
+        return eval_mode_weight(self)
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        """Guaranteed bound of the eval operator (:func:`conv2d_lipschitz_bound` of its kernel)."""
+        return conv2d_lipschitz_bound(self.eval_weight(), input_shape, self.stride, self.padding,
+                                      self.dilation, self.padding_mode, self.groups)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if (self.padding_mode == "circular" and self.stride == (1, 1)
+                and all(p0 == p1 for p0, p1 in zip(self._reversed_padding_repeated_twice[::2],
+                                                     self._reversed_padding_repeated_twice[1::2]))
+                and all(self.dilation[i] * (self.kernel_size[i] - 1) == 2 * self._reversed_padding_repeated_twice[2 - 2 * i]
+                        for i in range(2))):
+            return circular_conv2d(input, weight, bias, self.dilation, self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+    def to_torch(self) -> nn.Conv2d:
+        k = self.eval_weight()
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
+                         device=k.device, dtype=k.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(k)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+
+
+class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
+    r"""``nn.Conv2d`` whose kernel is divided by the spectral norm of its convolution operator.
+
+    Drop-in for ``nn.Conv2d`` (subclass; ``weight`` is the normalized kernel, the free kernel
+    is ``parametrizations.weight.original``). Shapes as ``nn.Conv2d``. Unlike normalizing the
+    reshaped kernel (``torch.nn.utils.spectral_norm``, which can leave the operator norm well
+    above 1), the normalization is by the norm of the operator at the configured input size:
+
+    * training: power iteration on the operator and its adjoint (autograd), persistent
+      buffer, ``power_iterations`` per step, σ differentiable (Miyato et al. 2018);
+    * eval: the exact FFT norm, so the eval operator has norm ≤ 1 (= 1 for circular padding;
+      for zero padding the normalizer is the circular convolution on the zero-padded grid,
+      a guaranteed upper bound of the zero-padded operator's norm, tight up to border effects).
+
+    ``input_size`` (H, W) fixes the size; if None it is taken from the first forward.
+    :meth:`lipschitz_bound` computes a guaranteed bound of the eval operator for the given
+    ``input_shape`` (size-independent, slightly above 1, when None).
+
+    Args:
+        in_channels, ..., padding_mode: as ``nn.Conv2d``; padding default ``'same'``;
+            padding_mode ``'zeros'`` or ``'circular'``.
+        input_size: (H, W) of the inputs, or None.
+        power_iterations: power-iteration steps per training forward.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
+                 padding: Union[str, Size2] = "same", dilation: Size2 = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None, *,
+                 input_size: Optional[Sequence[int]] = None, power_iterations: int = 1) -> None:
+        _check_padding_mode(padding_mode, ("zeros", "circular"), "SpectralConv2d")
+        if power_iterations < 1:
+            raise ValueError(f"power_iterations must be >= 1, got {power_iterations}")
+        padding = _normalize_conv_padding(padding, kernel_size, stride, dilation)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        param = _OperatorNormalized(self.kernel_size, self.stride, self.padding, self.dilation, padding_mode,
+                                    groups, input_size, power_iterations)
+        parametrize.register_parametrization(self, "weight", param)
+
+    @property
+    def normalizer(self) -> _OperatorNormalized:
+        return self.parametrizations.weight[0]
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        """Guaranteed bound of the eval operator (see :class:`_ConvLipschitzMixin`)."""
+        return super().lipschitz_bound(input_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and self.normalizer.input_size != tuple(x.shape[-2:]):
+            if self.normalizer.input_size is None:
+                self.normalizer.set_input_size(tuple(x.shape[-2:]))
+        return super().forward(x)
+
+
+
+class RKOConv2d(_ConvLipschitzMixin, nn.Conv2d):
+    r"""Reshaped-kernel orthogonal convolution rescaled to be provably 1-Lipschitz.
+
+    The kernel reshaped to W = (out, in·kh·kw) is made (semi-)orthonormal by Björck
+    (retraction mode, see :class:`~liplayers.parametrizations.BjorckOrthonormal`) and
+    multiplied by 1/sqrt(m_h·m_w), where m = the largest number of patches (im2col columns)
+    one input pixel belongs to per axis (m = ⌈k/s⌉ for dilation 1; k for stride 1).
+
+    Proof: conv(x) = W · U(x) with U the patch extraction (zero padding only drops entries);
+    U is a 0/1 selection matrix, so UᵀU = diag(#patches reading each pixel) ⪯ m_h m_w I and
+    ‖conv‖ ≤ ‖W‖₂ sqrt(m_h m_w) = 1 · sqrt(m_h m_w) for zero padding and for circular 'same'
+    padding with a grid divisible by the stride. The factor is tight in the worst case (W with
+    orthonormal columns, or rows aligned with a constant patch: the DC gain is then
+    sqrt(m_h m_w)), so no larger fixed factor is sound; typical kernels lose gradient norm
+    (the operator's singular values spread below 1). :meth:`lipschitz_bound` reports the
+    exact/FFT bound of the kernel used, which is usually well below 1.
+
+    Args: as ``nn.Conv2d`` (padding default 'same'; padding_mode 'zeros' or 'circular';
+    groups 1); ``tol``, ``max_iterations``: Björck settings.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
+                 padding: Union[str, Size2] = "same", dilation: Size2 = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None, *, tol: Optional[float] = None,
+                 max_iterations: int = 40) -> None:
+        _check_padding_mode(padding_mode, ("zeros", "circular"), "RKOConv2d")
+        if groups != 1:
+            raise ValueError("RKOConv2d: groups must be 1")
+        padding = _normalize_conv_padding(padding, kernel_size, stride, dilation)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        m = 1
+        for k, s, d in zip(self.kernel_size, self.stride, self.dilation):
+            m *= window_multiplicity(None, k, s, 0, d)
+        self.patch_multiplicity = m
+        param = _RKONormalized(1.0 / math.sqrt(m), tol=tol, max_iterations=max_iterations)
+        parametrize.register_parametrization(self, "weight", param)
+
+    def reset_parameters(self) -> None:
+        w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
+        with torch.no_grad():
+            orthogonal_init_(w.view(w.shape[0], -1))
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        """min(FFT / symbol bound of the kernel used, sqrt(m)·‖reshaped kernel‖₂ when valid)."""
+        k = self.eval_weight()
+        bound = conv2d_lipschitz_bound(k, input_shape, self.stride, self.padding, self.dilation,
+                                       self.padding_mode, 1)
+        hw = _spatial(input_shape)
+        structural_ok = self.padding_mode == "zeros" or self.stride == (1, 1) or (
+            hw is not None and hw[0] % self.stride[0] == 0 and hw[1] % self.stride[1] == 0)
+        if structural_ok:
+            pads = resolve_padding(self.padding, self.kernel_size, self.dilation)
+            span = [self.dilation[i] * (self.kernel_size[i] - 1) for i in range(2)]
+            if self.padding_mode == "zeros" or all(pads[i][0] + pads[i][1] == span[i] for i in range(2)):
+                rko = math.sqrt(self.patch_multiplicity) * float(spectral_norm_exact(k.reshape(k.shape[0], -1)))
+                bound = min(bound, rko)
+        return bound
+
+

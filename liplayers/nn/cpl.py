@@ -1,0 +1,337 @@
+r"""Convex potential layers (CPL, Meunier, Delattre, Araujo & Allauzen, ICML 2022).
+
+    h(x) = x − (2 / ‖W‖²) Wᵀ ReLU(W x + b)
+
+is the gradient step x − ∇φ(x) on the convex potential φ(x) = (2/‖W‖²) Σ ψ(Wx + b)
+(ψ' = ReLU). Its Jacobian is J = I − (2/c²) WᵀSW with S = diag(ReLU') ∈ [0, 1]: symmetric,
+with eigenvalues in [1 − 2‖W‖²/c², 1], hence ‖J‖ ≤ 1 whenever the normalizer c is an
+*upper bound* of ‖W‖ (for any activation with slopes in [0, 1], by the same argument on
+secant slopes). With an underestimate (a power iteration that has not converged, a stale
+estimate) the layer is not 1-Lipschitz, so here c is always a guaranteed bound:
+
+* dense: :func:`~liplayers.functional.spectral.gram_spectral_bound` (Gram iteration,
+  float64, a certified upper bound);
+* convolution ('same' zero or circular padding, stride 1, odd kernel): the exact norm of
+  the circular convolution on the grid of the input (H×W for circular padding,
+  (H + k − 1)×(W + k − 1) for zero padding, which bounds the zero-padded operator), by FFT
+  and float64 eigenvalues per frequency. Wᵀ is applied as the exact adjoint of W
+  (``conv_transpose2d`` for zeros, the flipped kernel with the same circular padding).
+
+The normalizer's *value* is that bound, in training and eval alike; its *gradient* is that
+of the top singular value (a power iteration with a persistent vector for dense layers; the
+top singular pair at the maximizing frequency for convolutions). In eval mode 1/c² is cached
+per parameter version (and input size for convolutions).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional.conv import circular_conv2d, conv2d_lipschitz_bound, conv_symbol
+from ..functional.spectral import gram_spectral_bound, spectral_norm_exact
+from ..lipschitz import LipschitzModule
+from ..parametrizations._common import version_key
+
+__all__ = ["CPLLinear", "CPLConv2d"]
+
+_MARGIN = 1.0 + 1e-9
+
+
+# ---- helpers shared with the SLL layers -------------------------------------------------------
+def _positive_int(layer: str, name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _residual_conv_args(layer: str, channels, inner, kernel_size, padding_mode) -> Tuple[int, int, int]:
+    """(channels, inner, k) after checking the arguments of a residual convolution."""
+    channels = _positive_int(layer, "channels", channels)
+    inner = channels if inner is None else _positive_int(layer, "inner_channels", inner)
+    if isinstance(kernel_size, (tuple, list)):
+        if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
+            raise ValueError(f"{layer}: kernel_size must be an int or a square pair, got {kernel_size!r}")
+        kernel_size = kernel_size[0]
+    k = _positive_int(layer, "kernel_size", kernel_size)
+    if k % 2 == 0:
+        raise ValueError(f"{layer}: kernel_size must be odd ('same' padding with an exact adjoint), got {k}")
+    _check_mode(layer, padding_mode)
+    return channels, inner, k
+
+
+def _check_mode(layer: str, padding_mode: str) -> None:
+    if padding_mode not in ("zeros", "circular"):
+        raise ValueError(f"{layer}: padding_mode must be 'zeros' or 'circular' (the adjoint must be exact and the "
+                         f"padding must not copy pixels), got {padding_mode!r}")
+
+
+def _conv(x: Tensor, w: Tensor, b: Optional[Tensor], mode: str) -> Tensor:
+    """W x + b: 'same' convolution, stride 1, zero or circular padding."""
+    p = (w.shape[-1] - 1) // 2
+    if mode == "zeros":
+        return F.conv2d(x, w, b, 1, p)
+    if mode == "circular":
+        return circular_conv2d(x, w, b)
+    raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {mode!r}")
+
+
+def _conv_adjoint(y: Tensor, w: Tensor, mode: str) -> Tensor:
+    """Wᵀ y, the exact adjoint of :func:`_conv` (without bias)."""
+    p = (w.shape[-1] - 1) // 2
+    if mode == "zeros":
+        return F.conv_transpose2d(y, w, None, 1, p)
+    if mode == "circular":
+        return circular_conv2d(y, w.transpose(0, 1).flip(-2, -1))
+    raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {mode!r}")
+
+
+def _check_input(layer: str, x: Tensor, conv: bool, channels: int) -> None:
+    if conv and (x.dim() != 4 or x.shape[1] != channels):
+        raise ValueError(f"{layer} expects input (B, {channels}, H, W), got {tuple(x.shape)}")
+    if not conv and (x.dim() < 1 or x.shape[-1] != channels):
+        raise ValueError(f"{layer} expects input (*, {channels}), got {tuple(x.shape)}")
+
+
+def _inverse_square(c: float, like: Tensor) -> Tuple[Tensor, float]:
+    """(τ = 1/c² as a 0-d tensor of ``like``'s dtype, the float c actually used).
+
+    c is first raised to a floor that keeps τ finite in that dtype (raising an upper bound
+    keeps it an upper bound)."""
+    c = max(c, 2.0 / math.sqrt(torch.finfo(like.dtype).max))
+    return torch.tensor(1.0 / (c * c), dtype=like.dtype, device=like.device), c
+
+
+def _with_gradient(tau: Tensor, c: float, sigma: Tensor) -> Tensor:
+    """τ with the value unchanged and the gradient of 1/σ² (σ a differentiable estimate of c)."""
+    return tau + (-2.0 * tau.detach() / c) * (sigma - sigma.detach()).to(tau.dtype)
+
+
+def _conv_norm(kernel: Tensor, grid: Tuple[int, int], with_gradient: bool) -> Tuple[float, Optional[Tensor]]:
+    """Exact norm (× (1 + 1e-9)) of the circular convolution of ``kernel`` on ``grid``, and, if
+    asked, the real tensor R (shape of the kernel) with σ_max = ⟨K, R⟩ at the maximizing
+    frequency (R = Re(ū_o v_i e^{−i a·ω*}) from its top singular pair): the gradient of σ_max."""
+    with torch.no_grad():
+        k64 = kernel.detach().to(torch.float64)
+        o, i, kh, kw = k64.shape
+        sym = conv_symbol(k64, grid, half=True)  # (Gh, Gw//2+1, o, i)
+        gram = sym.mH @ sym if o >= i else sym @ sym.mH
+        top = torch.linalg.eigvalsh(gram)[..., -1]
+        flat = int(top.argmax())
+        c = math.sqrt(max(float(top.reshape(-1)[flat]), 0.0)) * _MARGIN
+        if not math.isfinite(c):
+            raise ValueError("the convolution kernel contains non-finite values (NaN or Inf)")
+        if not with_gradient:
+            return c, None
+        jh, jw = divmod(flat, top.shape[1])
+        u, _, vh = torch.linalg.svd(sym[jh, jw])
+        dev = k64.device
+        ph = 2 * math.pi * torch.remainder(torch.arange(kh, device=dev) * jh, grid[0]).to(torch.float64) / grid[0]
+        pw = 2 * math.pi * torch.remainder(torch.arange(kw, device=dev) * jw, grid[1]).to(torch.float64) / grid[1]
+        phase = torch.polar(torch.ones(kh, kw, dtype=torch.float64, device=dev), -(ph[:, None] + pw[None, :]))
+        r = (u[:, 0].conj()[:, None, None, None] * vh[0].conj()[None, :, None, None] * phase).real
+        return c, r
+
+
+# ---- dense ----------------------------------------------------------------------------------
+class CPLLinear(LipschitzModule):
+    r"""Dense convex potential layer h(x) = x − (2/c²) Wᵀ ReLU(Wx + b), c ≥ ‖W‖₂ guaranteed.
+
+    (Meunier et al., ICML 2022; module docstring.) W has shape (inner_features, features);
+    c is the Gram-iteration bound of ‖W‖₂ (float64, certified), recomputed at each training
+    forward and cached per version of W in eval mode, where a forward costs two matrix
+    products. The layer is 1-Lipschitz for every W and b; ``lipschitz_bound`` computes
+    max(1, 2τ‖W‖² − 1) from the τ = 1/c² actually used and the exact ‖W‖ (≤ 1 + one rounding
+    of τ). Initialization as the paper: W Xavier-normal, b uniform in ±1/sqrt(features).
+
+    Args:
+        features: size of the input and the output.
+        bias: learn b (default True).
+        device, dtype: as for ``nn.Linear``.
+        inner_features: rows of W (default ``features``).
+        bound_iterations: Gram-iteration steps of the bound (at most rank^(1/2^(t+1)) above
+            ‖W‖: 10 steps are within 0.4% for rank 1024).
+
+    Shape:
+        - Input: (*, features)
+        - Output: (*, features)
+    """
+
+    def __init__(self, features: int, bias: bool = True, device=None, dtype=None, *,
+                 inner_features: Optional[int] = None, bound_iterations: int = 10) -> None:
+        super().__init__()
+        self.features = _positive_int("CPLLinear", "features", features)
+        self.inner_features = features if inner_features is None else _positive_int(
+            "CPLLinear", "inner_features", inner_features)
+        self.bound_iterations = _positive_int("CPLLinear", "bound_iterations", bound_iterations)
+        fk = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.inner_features, features, **fk))
+        self.bias = nn.Parameter(torch.empty(self.inner_features, **fk)) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+        self.register_buffer("u", torch.empty(self.inner_features, **fk))  # power-iteration vector
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[Tuple[Tensor, float]] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            nn.init.xavier_normal_(self.weight)
+            if self.bias is not None:
+                nn.init.uniform_(self.bias, -1.0 / math.sqrt(self.features), 1.0 / math.sqrt(self.features))
+            self.u.normal_()
+            self.u.div_(self.u.norm().clamp_min(1e-30))
+        self._cache_key = None
+
+    def _bound(self, w: Tensor) -> float:
+        c = float(gram_spectral_bound(w.detach(), self.bound_iterations))
+        if not math.isfinite(c):
+            raise ValueError("CPLLinear: the weight contains non-finite values (NaN or Inf)")
+        return c
+
+    @torch.compiler.disable  # the version check must run on every call
+    def _eval_tau(self) -> Tuple[Tensor, float]:
+        key = version_key(self.weight)
+        if self._cache_key != key:
+            self._cache = _inverse_square(self._bound(self.weight), self.weight)
+            self._cache_key = key
+        return self._cache  # type: ignore[return-value]
+
+    @torch.compiler.disable
+    def _train_tau(self) -> Tensor:
+        w = self.weight
+        tau, c = _inverse_square(self._bound(w), w)
+        with torch.no_grad():  # one power iteration from the persistent vector (gradient only)
+            u = self.u.to(w.dtype)
+            v = F.normalize(w.detach().t() @ u, dim=0)
+            u = F.normalize(w.detach() @ v, dim=0)
+            self.u.copy_(u)
+        return _with_gradient(tau, c, u @ w @ v)
+
+    def normalizer(self) -> float:
+        """The guaranteed bound c ≥ ‖W‖₂ used in eval mode now."""
+        return self._eval_tau()[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input("CPLLinear", x, False, self.features)
+        tau = self._train_tau() if self.training else self._eval_tau()[0]
+        z = F.relu(F.linear(x, self.weight, self.bias), inplace=True)
+        return x - F.linear(z, (2 * tau) * self.weight.t())  # τ folded into the (small) weight
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        """max(1, 2τ‖W‖² − 1) with the eval τ and the exact (float64 SVD, +1e-9) ‖W‖ — 1 + O(1e-7) in float32."""
+        tau = float(self._eval_tau()[0])
+        s = float(spectral_norm_exact(self.weight))
+        return max(1.0, 2.0 * tau * s * s - 1.0) * _MARGIN
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, inner_features={self.inner_features}, bias={self.bias is not None}"
+
+
+# ---- convolution ----------------------------------------------------------------------------------
+class CPLConv2d(LipschitzModule):
+    r"""Convolutional convex potential layer h(x) = x − (2/c²) Kᵀ ReLU(K x + b), c ≥ ‖K‖ guaranteed.
+
+    (Meunier et al., ICML 2022; module docstring.) K is a 'same' convolution (odd
+    ``kernel_size``, stride 1) from ``channels`` to ``inner_channels`` with zero or circular
+    padding, Kᵀ its exact adjoint. c is the exact FFT norm of the circular convolution on the
+    input's grid (exact for circular padding, an upper bound for zero padding), computed at
+    every training forward (float64 eigenvalues at H·(W/2 + 1) frequencies — the dominant
+    cost for wide layers) and cached per (version of K, input size) in eval mode. The layer
+    is 1-Lipschitz for every K and b, at every input size.
+
+    Args:
+        channels: input and output channels.
+        kernel_size: odd int.
+        inner_channels: output channels of K (default ``channels``).
+        bias: learn b (default True).
+        padding_mode: ``'zeros'`` (default) or ``'circular'``.
+        device, dtype: as for ``nn.Conv2d``.
+
+    Shape:
+        - Input: (B, channels, H, W)
+        - Output: (B, channels, H, W)
+    """
+
+    def __init__(self, channels: int, kernel_size: int, inner_channels: Optional[int] = None, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
+        super().__init__()
+        self.channels, self.inner_channels, k = _residual_conv_args("CPLConv2d", channels, inner_channels,
+                                                                    kernel_size, padding_mode)
+        self.kernel_size = (k, k)
+        self.padding_mode = padding_mode
+        fk = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.inner_channels, self.channels, k, k, **fk))
+        self.bias = nn.Parameter(torch.empty(self.inner_channels, **fk)) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[Tuple[Tensor, float]] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            nn.init.xavier_normal_(self.weight)
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(self.channels * self.kernel_size[0] * self.kernel_size[1])
+                nn.init.uniform_(self.bias, -bound, bound)
+        self._cache_key = None
+
+    def _grid(self, hw: Sequence[int]) -> Tuple[int, int]:
+        _check_mode("CPLConv2d", self.padding_mode)
+        h, w = int(hw[0]), int(hw[1])
+        if self.padding_mode == "circular":
+            return h, w
+        span = self.weight.shape[-1] - 1
+        return h + span, w + span
+
+    @torch.compiler.disable  # the version check must run on every call
+    def _eval_tau(self, hw: Sequence[int]) -> Tuple[Tensor, float]:
+        grid = self._grid(hw)
+        key = (version_key(self.weight), grid, self.padding_mode)
+        if self._cache_key != key:
+            self._cache = _inverse_square(_conv_norm(self.weight, grid, False)[0], self.weight)
+            self._cache_key = key
+        return self._cache  # type: ignore[return-value]
+
+    @torch.compiler.disable
+    def _train_tau(self, hw: Sequence[int]) -> Tensor:
+        w = self.weight
+        c, r = _conv_norm(w, self._grid(hw), True)
+        tau, c = _inverse_square(c, w)
+        return _with_gradient(tau, c, (w * r.to(w.dtype)).sum())
+
+    def normalizer(self, input_shape: Sequence[int]) -> float:
+        """The guaranteed bound c ≥ ‖K‖ used in eval mode for inputs of ``input_shape`` ((C,) H, W)."""
+        return self._eval_tau(tuple(input_shape)[-2:])[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input("CPLConv2d", x, True, self.channels)
+        hw = tuple(x.shape[-2:])
+        tau = self._train_tau(hw) if self.training else self._eval_tau(hw)[0]
+        z = F.relu(_conv(x, self.weight, self.bias, self.padding_mode), inplace=True)
+        return x - _conv_adjoint(z, (2 * tau) * self.weight, self.padding_mode)  # τ folded into the kernel
+
+    def lipschitz_bound(self, input_shape: Optional[Sequence[int]] = None) -> float:
+        r"""Guaranteed bound of the eval-mode layer.
+
+        With ``input_shape``: max(1, 2τ‖K‖² − 1) from the τ used at that size and the
+        guaranteed :func:`~liplayers.functional.conv.conv2d_lipschitz_bound` of K. Without:
+        at every size τ = fl(1/c²) with c ≥ ‖K‖ proved (exact FFT norm with a 1e-9 margin), one
+        float64 division and one rounding to the weight's dtype, so 2τ‖K‖² ≤ 2(1 + ε/2)(1 + 2⁻⁵⁰)
+        (ε the dtype's machine epsilon): the bound 1 + ε + 1e-12 holds for every input size.
+        """
+        _check_mode("CPLConv2d", self.padding_mode)
+        if input_shape is None:
+            return 1.0 + torch.finfo(self.weight.dtype).eps + 1e-12
+        tau = float(self._eval_tau(tuple(input_shape)[-2:])[0])
+        p = (self.weight.shape[-1] - 1) // 2
+        s = conv2d_lipschitz_bound(self.weight, input_shape, 1, p, 1, self.padding_mode)
+        return max(1.0, 2.0 * tau * s * s - 1.0) * _MARGIN
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, inner_channels={self.inner_channels}, kernel_size={self.kernel_size}, "
+                f"padding_mode={self.padding_mode!r}, bias={self.bias is not None}")
