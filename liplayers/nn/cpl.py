@@ -96,6 +96,17 @@ def _check_input(layer: str, x: Tensor, conv: bool, channels: int) -> None:
         raise ValueError(f"{layer} expects input (*, {channels}), got {tuple(x.shape)}")
 
 
+def _scaled_relu(z: Tensor, scale: Tensor) -> Tensor:
+    """ReLU(z)·scale, in place on z (a fresh layer output) when autograd does not track it.
+
+    The scale multiplies the activations, not the adjoint's weight: the map evaluated is then
+    exactly the theorem's map with the parameters used (folding τ into the weight would use
+    fl(τW) ≠ τW and break the symmetry of the Jacobian by a rounding)."""
+    if z.requires_grad or scale.requires_grad:
+        return F.relu(z, inplace=True) * scale
+    return F.relu(z, inplace=True).mul_(scale)
+
+
 def _inverse_square(c: float, like: Tensor) -> Tuple[Tensor, float]:
     """(τ = 1/c² as a 0-d tensor of ``like``'s dtype, the float c actually used).
 
@@ -218,11 +229,11 @@ class CPLLinear(LipschitzModule):
     def forward(self, x: Tensor) -> Tensor:
         _check_input("CPLLinear", x, False, self.features)
         tau = self._train_tau() if self.training else self._eval_tau()[0]
-        z = F.relu(F.linear(x, self.weight, self.bias), inplace=True)
-        return x - F.linear(z, (2 * tau) * self.weight.t())  # τ folded into the (small) weight
+        z = _scaled_relu(F.linear(x, self.weight, self.bias), 2 * tau)
+        return x - F.linear(z, self.weight.t())
 
     def lipschitz_bound(self, input_shape=None) -> float:
-        """max(1, 2τ‖W‖² − 1) with the eval τ and the exact (float64 SVD, +1e-9) ‖W‖ — 1 + O(1e-7) in float32."""
+        """max(1, 2τ‖W‖² − 1) from the eval τ and the exact ‖W‖ (float64 SVD, +1e-9): 1 + O(1e-7) in float32."""
         tau = float(self._eval_tau()[0])
         s = float(spectral_norm_exact(self.weight))
         return max(1.0, 2.0 * tau * s * s - 1.0) * _MARGIN
@@ -312,8 +323,8 @@ class CPLConv2d(LipschitzModule):
         _check_input("CPLConv2d", x, True, self.channels)
         hw = tuple(x.shape[-2:])
         tau = self._train_tau(hw) if self.training else self._eval_tau(hw)[0]
-        z = F.relu(_conv(x, self.weight, self.bias, self.padding_mode), inplace=True)
-        return x - _conv_adjoint(z, (2 * tau) * self.weight, self.padding_mode)  # τ folded into the kernel
+        z = _scaled_relu(_conv(x, self.weight, self.bias, self.padding_mode), 2 * tau)
+        return x - _conv_adjoint(z, self.weight, self.padding_mode)
 
     def lipschitz_bound(self, input_shape: Optional[Sequence[int]] = None) -> float:
         r"""Guaranteed bound of the eval-mode layer.

@@ -29,7 +29,7 @@ from ..functional.conv import conv2d_lipschitz_bound
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
-from .cpl import _check_input, _check_mode, _conv, _conv_adjoint, _positive_int, _residual_conv_args
+from .cpl import _check_input, _check_mode, _conv, _conv_adjoint, _positive_int, _residual_conv_args, _scaled_relu
 
 __all__ = ["SLLLinear", "SLLConv2d"]
 
@@ -128,8 +128,8 @@ class SLLLinear(_SLLBase):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input("SLLLinear", x, False, self.features)
-        z = F.relu(F.linear(x, self.weight, self.bias), inplace=True)
-        return x - F.linear(z, ((2 * self._tau())[:, None] * self.weight).t())  # T⁻¹ folded into W
+        z = _scaled_relu(F.linear(x, self.weight, self.bias), 2 * self._tau())
+        return x - F.linear(z, self.weight.t())
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """max(1, 2‖diag(√τ)Wᵀ‖² − 1), exact float64 SVD norm (+1e-9) of the eval-mode map."""
@@ -176,9 +176,8 @@ class SLLConv2d(_SLLBase):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input("SLLConv2d", x, True, self.channels)
-        z = F.relu(_conv(x, self.weight, self.bias, self.padding_mode), inplace=True)
-        kernel = (2 * self._tau())[:, None, None, None] * self.weight  # T⁻¹ folded into the adjoint's kernel
-        return x - _conv_adjoint(z, kernel, self.padding_mode)
+        z = _scaled_relu(_conv(x, self.weight, self.bias, self.padding_mode), (2 * self._tau())[:, None, None])
+        return x - _conv_adjoint(z, self.weight, self.padding_mode)
 
     def lipschitz_bound(self, input_shape: Optional[Sequence[int]] = None) -> float:
         r"""max(1, 2s² − 1), s ≥ ‖diag(√τ) K‖ guaranteed for the eval-mode τ.
