@@ -167,6 +167,27 @@ def measure(name: str, build, batch: int, warmup: int, rounds: int, memory: bool
     return [(name, k, 1e3 * best[k], best[k] / base_t, peaks[k], peaks[k] / base_m) for k in runners]
 
 
+ACTIVATION_SHAPES = [((256, 32, 28, 28), 1), ((256, 64, 14, 14), 1), ((256, 64, 7, 7), 1), ((256, 512), -1)]
+
+
+def activation_alone(rounds: int) -> List[Tuple]:
+    """(shape, dim, ms ReLU, ms MaxMin torch ops, ms MaxMin fused): forward + backward, min over rounds."""
+    rows = []
+    for shape, dim in ACTIVATION_SHAPES:
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        fns = {"relu": torch.relu, **{k: (lambda f: lambda t: f(t, dim))(f) for k, f in IMPLEMENTATIONS.items()}}
+        best = {k: float("inf") for k in fns}
+        for _ in range(rounds + 1):  # the first round warms up
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f(x).backward(g)
+                best[k] = min(best[k], time.perf_counter() - t)
+                x.grad = None
+        rows.append((shape, dim, *(1e3 * best[k] for k in fns)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (minimum reported)")
@@ -199,6 +220,11 @@ def main() -> None:
             mem = "" if mib != mib else f"{mib:.1f}"
             rmem = "" if rm != rm else f"{rm:.2f}"
             print(f"| {net} | {var} | {ms:.1f} | {r:.2f} | {mem} | {rmem} |", flush=True)
+    print("\nthe activation alone, forward + backward (ms):\n")
+    print("| input | dim | ReLU | MaxMin torch ops | MaxMin fused | torch ops / fused |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for shape, dim, relu, ops, fused in activation_alone(args.rounds):
+        print(f"| {'×'.join(map(str, shape))} | {dim} | {relu:.2f} | {ops:.2f} | {fused:.2f} | {ops / fused:.1f} |")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 

@@ -15,31 +15,37 @@ matrix, never the averaged (norm-shrinking) derivative that ``torch.minimum`` /
 constant in ``x``, so second derivatives are zero; double backward, forward mode
 (``torch.func.jvp``), ``vmap`` / ``jacrev`` and ``torch.compile`` (no graph break) are supported.
 
-NaN. A group that contains NaN never loses it: MaxMin and the sorting network used for
-power-of-two groups of up to 16 propagate NaN to every entry of the group (as
-``torch.minimum`` / ``torch.maximum`` do); other group sizes use ``torch.sort``, which
-places NaN last. The gradient is still routed by a permutation.
+NaN. A group that contains NaN never loses it. MaxMin makes both entries of the pair NaN
+(as ``torch.minimum`` / ``torch.maximum`` do), and so does the sorting network for the
+whole group; groups sorted by ``torch.sort`` keep NaN as their last entry. Which path a
+group takes is a matter of speed (see below), so code must not rely on more than "NaN
+stays". The gradient is routed by a permutation in every case.
 
-How it is fast (CPU). The two entries of every pair are read through strided views (no
-copy); the forward pass writes ``torch.minimum`` / ``torch.maximum`` into the two halves of
-one preallocated output and saves only the swap mask — the arithmetic sign of ``b − a`` as
-an integer of the input's width (all ones where the pair was swapped). The backward pass
-exchanges the two gradients where the mask is set by a branch-free bitwise swap on the
-integer views of the gradient, ``t = (g₀ ⊕ g₁) ∧ m``, ``g₀ ⊕ t``, ``g₁ ⊕ t``: exact, and
-unlike ``torch.where`` / ``masked_fill`` (which on CPU mispredict a branch per entry of a
-random mask) it runs at memory speed. Groups of 4, 8 and 16 go through Batcher's odd–even
-merge sorting network, one batched compare-exchange of strided views per stage
-(3, 6 and 10 stages), in place on one buffer. Under ``torch.compile``, ``torch.func``
-transforms and forward-mode AD the same maths runs as plain functional operations
-(``torch.where``), which compilers fuse.
+How it is fast. The two entries of every pair are read through strided views (no copy);
+the forward pass writes ``torch.minimum`` / ``torch.maximum`` into the two halves of one
+preallocated output and saves only the swap mask — the arithmetic sign of ``b − a`` as an
+integer of the input's width (all ones where the pair was swapped). The backward pass
+exchanges the two gradients where the mask is set by a branch-free bitwise swap on integer
+views of the gradient, ``t = (g₀ ⊕ g₁) ∧ m``, ``g₀ ⊕ t``, ``g₁ ⊕ t``: exact, and unlike
+``torch.where`` / ``masked_fill`` (which on CPU take a mispredicted branch on every other
+entry of a random mask, ~10× slower) it runs at memory speed. Larger power-of-two groups (up
+to 64) along an axis that is not the innermost memory axis (image channels) go through
+Batcher's odd–even merge sorting network (Batcher, 1968), in place on one buffer, one
+batched compare-exchange of two strided views per stage (3, 6, 10, 15, 21 stages for 4 …
+64); other groups, groups along a contiguous axis and tiny tensors use ``torch.sort``.
+Under ``torch.compile``, ``torch.func`` transforms, forward-mode AD and tensor subclasses
+the same maths runs as functional operations (``torch.where``), which compilers fuse.
 
-Memory. MaxMin keeps half an input's worth of mask for backward (instead of the whole
-input that autograd through ``torch.minimum`` / ``torch.maximum`` keeps).
+Memory kept for backward: MaxMin half an input (the mask, of the input's width), instead of
+the whole input that autograd through ``torch.minimum`` / ``torch.maximum`` keeps; the
+network one byte per comparator, 1.25 (group 4) to 8.5 (group 64) bytes per entry, against
+8 (int64 indices) for ``torch.sort``.
 
 Shape: input (*) of any real dtype, any strides; output the same shape, dtype and device.
 """
 from __future__ import annotations
 
+import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -84,15 +90,22 @@ def _halves(t: Tensor, d: int) -> Tuple[Tensor, Tensor]:
     return p.select(d + 1, 0), p.select(d + 1, 1)
 
 
-def _swap_mask(a: Tensor, b: Tensor) -> Tensor:
-    """Integer mask of a's width: all ones where the pair (a, b) is swapped by sorting, else 0.
+def _swap_mask(a: Tensor, b: Tensor, compact: bool = False) -> Tensor:
+    """Integer mask: all ones where the pair (a, b) is swapped by sorting, else 0.
 
     The swap condition is the sign bit of ``b − a``: for non-NaN inputs it is set iff a > b
     (the difference of two floats rounds to zero only when they are equal, and rounding keeps
-    the sign), and for equal entries only in the harmless case a = +0, b = −0.
+    the sign), and for equal entries only in the harmless case a = +0, b = −0. The mask has
+    a's width, or with ``compact`` one byte (the sign byte of the difference; it widens to
+    all ones again by sign extension when combined with a wider integer).
     """
     width = a.element_size()
-    return torch.sub(b, a).view(_INT_OF_WIDTH[width]).bitwise_right_shift_(8 * width - 1)
+    diff = torch.sub(b, a, out=torch.empty(a.shape, dtype=a.dtype, device=a.device))
+    if not compact:
+        return diff.view(_INT_OF_WIDTH[width]).bitwise_right_shift_(8 * width - 1)
+    sign_byte = width - 1 if sys.byteorder == "little" else 0
+    byte = diff.view(torch.int8).unflatten(-1, (a.shape[-1], width)).select(-1, sign_byte)
+    return torch.bitwise_right_shift(byte, 7)
 
 
 def _mode(x: Tensor) -> str:
@@ -144,7 +157,7 @@ class _MaxMinEager(Function):
     def backward(ctx, g: Tensor):
         (mask,) = ctx.saved_tensors
         d = ctx.d
-        if torch.is_grad_enabled() or g.element_size() != mask.element_size():  # double backward
+        if torch.is_grad_enabled():  # double backward: differentiable in g
             return _route(g, mask.bool(), d), None
         # gx₀ ← (g₀ ⊕ g₁) ∧ m = t,  gx₁ ← g₁ ⊕ t,  gx₀ ← t ⊕ g₀: no temporary
         gx = torch.empty_like(g)
@@ -219,7 +232,7 @@ def max_min(x: Tensor, dim: int = 1) -> Tensor:
     return (_MaxMinTraceable if mode == "compile" else _MaxMinFunctional).apply(x, d)[0]
 
 
-# ---------------------------------------------------------------- sorting network (groups 4..16)
+# ---------------------------------------------------------------- sorting network (groups 4..64)
 def _stages(size: int) -> List[Tuple[int, int]]:
     """Batcher's odd–even merge sort of ``size`` (a power of two) as stages (p, k).
 
@@ -258,7 +271,7 @@ def _network_inplace(x: Tensor, d: int, size: int, masks: Optional[List[Tensor]]
         v = _stage_view(out, d, p, k)
         a, b = v.select(d + 2, 0), v.select(d + 2, 1)
         if masks is not None:
-            masks.append(_swap_mask(a, b))
+            masks.append(_swap_mask(a, b, compact=True))
         lo = torch.minimum(a, b, out=scratch[: a.numel()].view(a.shape))
         torch.maximum(a, b, out=b)
         a.copy_(lo)
@@ -281,12 +294,12 @@ class _NetworkEager(Function):
         masks = ctx.saved_tensors
         d, size = ctx.d, ctx.size
         stages = list(zip(_stages(size), masks))[::-1]
-        if torch.is_grad_enabled() or g.element_size() != masks[0].element_size():  # double backward
+        if torch.is_grad_enabled():  # double backward: differentiable in g
             for (p, k), mask in stages:
                 g = _network_stage(g, d, p, k, lambda v, e, m=mask: _route(v, m.bool().unsqueeze(e), e))
             return g, None, None
         gx = g.clone(memory_format=torch.preserve_format)
-        gi = gx.view(masks[0].dtype)
+        gi = gx.view(_INT_OF_WIDTH[g.element_size()])
         scratch = torch.empty(g.numel() // 2, dtype=gi.dtype, device=g.device)
         for (p, k), mask in stages:
             v = _stage_view(gi, d, p, k)
@@ -317,8 +330,9 @@ def group_sort(x: Tensor, group_size: Optional[int], dim: int = 1) -> Tensor:
 
     ``group_size=None`` (or the size of ``dim``) sorts the whole dimension (FullSort);
     ``group_size=2`` is :func:`max_min`. A permutation of each group: 1-Lipschitz and
-    gradient-norm preserving. Groups of 4, 8 and 16 use a sorting network built from the
-    MaxMin primitive (NaN spreads to the whole group); other sizes use ``torch.sort`` (NaN last).
+    gradient-norm preserving (the Jacobian is a permutation matrix everywhere). Power-of-two
+    groups along a non-innermost memory axis use a sorting network of MaxMin stages (NaN
+    spreads to the whole group), other groups ``torch.sort`` (NaN last): see the module notes.
 
     Args:
         x: input of any real dtype and any strides.

@@ -11,34 +11,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..functional.group_sort import group_sort
 from ..lipschitz import LipschitzModule, UnboundedModuleError, feature_dim
 
 __all__ = ["GroupSort", "MaxMin", "FullSort", "group_sort"]
-
-
-def group_sort(x: Tensor, group_size: Optional[int], dim: int = 1) -> Tensor:
-    """Sort ``x`` in ascending order within consecutive groups of ``group_size`` along ``dim``.
-
-    ``group_size=None`` sorts the whole dimension (FullSort). Shape is preserved.
-    """
-    if not -x.dim() <= dim < x.dim():
-        raise ValueError(f"GroupSort: dim {dim} is out of range for an input of shape {tuple(x.shape)}")
-    size = x.shape[dim]
-    if group_size is None or group_size == size:
-        return torch.sort(x, dim=dim).values
-    if size % group_size != 0:
-        raise ValueError(
-            f"GroupSort: size {size} of dim {dim} is not divisible by group_size {group_size}"
-        )
-    dim = dim % x.dim()
-    shape = x.shape
-    grouped = x.reshape(*shape[:dim], size // group_size, group_size, *shape[dim + 1:])
-    if group_size == 2:  # MaxMin fast path: no sort
-        a, b = grouped.unbind(dim + 1)
-        out = torch.stack((torch.minimum(a, b), torch.maximum(a, b)), dim=dim + 1)
-    else:
-        out = torch.sort(grouped, dim=dim + 1).values
-    return out.reshape(shape)
 
 
 class GroupSort(LipschitzModule):

@@ -31,7 +31,8 @@ def reference_group_sort(x, group_size, dim=-1):
 
 @pytest.fixture
 def network_always(monkeypatch):
-    """Send every power-of-two group of up to 64 through the sorting network (any size, layout)."""
+    """Send power-of-two groups (up to 64, not along the innermost memory axis) through the
+    sorting network whatever the tensor's size."""
     monkeypatch.setattr(GS, "_NETWORK_MIN_NUMEL", 0)
 
 
@@ -56,6 +57,14 @@ def test_max_min_values_and_gradients_equal_reference(shape, dim, dtype):
     with torch.no_grad():
         assert torch.equal(max_min(x, dim), yr)
     assert torch.equal(group_sort(x, 2, dim), yr)
+
+
+def test_plain_cpu_tensors_take_the_fast_eager_paths(network_always):
+    x = torch.randn(2, 8, 3, requires_grad=True)
+    assert type(max_min(x, 1).grad_fn).__name__ == "_MaxMinEagerBackward"
+    assert type(group_sort(x, 4, 1).grad_fn).__name__ == "_NetworkEagerBackward"
+    along_innermost = group_sort(torch.randn(2, 3, 8, requires_grad=True), 4, -1)  # torch.sort
+    assert type(along_innermost.grad_fn.next_functions[0][0]).__name__ == "SortBackward0"
 
 
 def test_minimum_first_within_each_pair():
@@ -187,12 +196,13 @@ def test_integer_and_empty_inputs():
     assert max_min(torch.empty(3, 0), 1).shape == (3, 0)
 
 
-def test_backward_keeps_half_an_input_of_mask():
+@pytest.mark.parametrize("group,bytes_per_entry", [(2, 2.0), (4, 1.25), (8, 2.375)])
+def test_memory_kept_for_backward(group, bytes_per_entry, network_always):
     saved = []
-    x = torch.randn(8, 32, 10, 10, requires_grad=True)
+    x = torch.randn(8, 32, 10, 10, requires_grad=True)  # float32
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        max_min(x, 1)
-    assert sum(t.numel() * t.element_size() for t in saved) == x.numel() * x.element_size() // 2
+        group_sort(x, group, 1)
+    assert sum(t.numel() * t.element_size() for t in saved) == x.numel() * bytes_per_entry
 
 
 @pytest.mark.parametrize("group,dim", [(2, 1), (2, -1), (4, 1), (3, -1)])
