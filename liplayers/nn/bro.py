@@ -94,6 +94,9 @@ class BROConv2d(_FourierConv2d):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, H, W)
 
+    No :meth:`to_torch`: the map is a circular convolution with an H×W kernel that depends on
+    the input size, not a small-kernel ``nn.Conv2d``.
+
     Lai et al., "Enhancing Certified Robustness via Block Reflector Orthogonal Layers and
     Logit Annealing Loss", ICML 2025.
     """

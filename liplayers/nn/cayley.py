@@ -154,6 +154,9 @@ class CayleyConv2d(_FourierConv2d):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, H, W)
 
+    No :meth:`to_torch`: the map is a circular convolution with an H×W kernel that depends on
+    the input size, not a small-kernel ``nn.Conv2d``.
+
     Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform",
     ICLR 2021.
     """
