@@ -129,6 +129,18 @@ def _positive(value, name: str, allow_tensor: bool = True) -> Union[float, Tenso
     return float(value)
 
 
+def _per_sample(L, f: Tensor, name: str):
+    """A float, or a tensor reshaped to (B,) (one bound per sample); other shapes raise."""
+    if isinstance(L, Tensor):
+        B = f.shape[0]
+        if L.numel() == 1:
+            return L.reshape(()).to(f.device)
+        if L.dim() != 1 or L.shape[0] != B:
+            raise ValueError(f"{name} must be a float, a one-element tensor or a ({B},) tensor, got shape {tuple(L.shape)}")
+        return L.to(f.device)
+    return L
+
+
 def _rtol(rtol: Optional[float], dtype: torch.dtype) -> float:
     if rtol is None:
         return default_rtol(dtype)
@@ -199,7 +211,7 @@ def certified_radius(
         the same prediction as x.
     """
     f = _check_logits(logits).detach().to(torch.float64)
-    L = _positive(lipschitz, "lipschitz")
+    L = _per_sample(_positive(lipschitz, "lipschitz"), f, "lipschitz")
     tol = _rtol(rtol, logits.dtype)
     s = _scale(scale, f)
     if _is_binary(logits):
@@ -212,6 +224,8 @@ def certified_radius(
         y = f.argmax(dim=1)
         margin = _pair_margins(f, y, tol, s).min(dim=1).values
         denom = math.sqrt(2.0) * L * _L_INFLATION
+    if isinstance(denom, Tensor) and denom.dim() == 1:
+        denom = denom.reshape(-1)
     r2 = (margin.clamp_min(0.0) / denom)
     return _convert(r2, norm, input_dim)
 
@@ -244,7 +258,7 @@ def certified_radius_last_layer(
         raise ValueError("last_weight must be a 2-D tensor (C, d)")
     if not bool(torch.isfinite(last_weight).all()):
         raise ValueError("last_weight contains non-finite values")
-    Lb = _positive(lipschitz_body, "lipschitz_body")
+    Lb = _per_sample(_positive(lipschitz_body, "lipschitz_body"), f, "lipschitz_body")
     tol = _rtol(rtol, logits.dtype)
     s = _scale(scale, f)
     w = last_weight.detach().to(torch.float64)
