@@ -28,6 +28,19 @@ from .parametrizations import BjorckOrthonormal, SpectralNormalized
 from .parametrizations.l1_ball import L1BallRows
 from . import nn
 from .nn import (
+    AOLConv2d,
+    AOLLinear,
+    BROConv2d,
+    BROLinear,
+    CayleyConv2d,
+    CholeskyLinear,
+    CPLConv2d,
+    CPLLinear,
+    LastLayerNormalizedLinear,
+    LinearResidualConv2d,
+    SLLConv2d,
+    SLLLinear,
+    SOCConv2d,
     BjorckLinear,
     FullSort,
     GlobalL2Pool2d,
@@ -67,6 +80,8 @@ __all__ = [
     "functional", "parametrizations", "lipschitz", "nn", "analysis", "zoo",
     "BjorckLinear", "SpectralLinear", "LInfLinear", "BjorckOrthonormal", "SpectralNormalized", "L1BallRows",
     "OrthoConv2d", "SpectralConv2d", "RKOConv2d",
+    "AOLLinear", "AOLConv2d", "CPLLinear", "CPLConv2d", "SLLLinear", "SLLConv2d", "SOCConv2d", "CayleyConv2d",
+    "BROLinear", "BROConv2d", "CholeskyLinear", "LinearResidualConv2d", "LastLayerNormalizedLinear",
     "GroupSort", "MaxMin", "FullSort", "HouseholderActivation",
     "L2NormPool2d", "ScaledAvgPool2d", "GlobalL2Pool2d", "InvertibleDownsampling", "InvertibleUpsampling",
     "Sequential", "Residual", "export", "gnp_conv_net", "gnp_mlp",
