@@ -6,9 +6,10 @@ from typing import Sequence
 from torch import nn
 
 from .protocol import Shape
+from .linf import register_linf_lipschitz_bound
 from .registry import BoundRegistry
 
-__all__ = ["L2_BOUNDS", "lipschitz_bound_of", "register_lipschitz_bound", "compose_bounds"]
+__all__ = ["L2_BOUNDS", "lipschitz_bound_of", "register_lipschitz_bound", "register_both", "compose_bounds"]
 
 L2_BOUNDS = BoundRegistry(
     "L2", "lipschitz_bound",
@@ -16,6 +17,18 @@ L2_BOUNDS = BoundRegistry(
     "or register a bound for its class with liplayers.lipschitz.register_lipschitz_bound",
 )
 register_lipschitz_bound = L2_BOUNDS.register
+
+
+def register_both(*types):
+    """Register one bound function for the L2 and the ∞ registries (maps whose two constants agree,
+    e.g. elementwise activations, identities, permutations of coordinates)."""
+
+    def deco(fn):
+        register_lipschitz_bound(*types)(fn)
+        register_linf_lipschitz_bound(*types)(fn)
+        return fn
+
+    return deco
 
 
 def lipschitz_bound_of(module: nn.Module, input_shape: Shape = None) -> float:

@@ -7,7 +7,8 @@ Every liplayers layer implements the same three methods:
   eval-mode behaviour), computed from the weights actually used, never from the intention that
   the layer is orthogonal; ``input_shape`` is the shape of one input without the batch dimension,
   for layers whose bound depends on it;
-* ``eval_weight() -> Tensor`` — the weight the layer uses in eval mode (layers with one weight);
+* ``eval_weight() -> Tensor`` — the weight the layer uses in eval mode (only layers with one
+  weight define it, so ``hasattr(m, "eval_weight")`` tells them apart);
 * ``to_torch() -> nn.Module`` — an equivalent module built only from ``torch.nn``.
 
 Modules may also implement ``linf_lipschitz_bound(input_shape=None)`` (∞→∞ bound). A module for
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = ["LipschitzModule", "UnboundedModuleError", "HookedModuleError", "InputShapeRequiredError", "Shape"]
 
@@ -48,10 +49,6 @@ class LipschitzModule(nn.Module):
                 bound depends on it (e.g. circular convolutions); ``None`` if not needed.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement lipschitz_bound")
-
-    def eval_weight(self) -> Tensor:
-        """The weight used in eval mode (detached), for layers with a single weight."""
-        raise NotImplementedError(f"{type(self).__name__} has no single weight")
 
     def to_torch(self) -> nn.Module:
         """An equivalent module built only from ``torch.nn`` (eval-mode behaviour frozen in)."""

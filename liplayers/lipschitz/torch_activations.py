@@ -38,8 +38,7 @@ import torch
 from torch import nn
 
 from .checks import real_arg
-from .l2 import register_lipschitz_bound
-from .linf import register_linf_lipschitz_bound
+from .l2 import register_both
 
 __all__: list = []
 
@@ -50,15 +49,8 @@ _CONSTANTS = {
 }
 
 
-def _both(*types):
-    def deco(fn):
-        register_lipschitz_bound(*types)(fn)
-        register_linf_lipschitz_bound(*types)(fn)
-        return fn
-    return deco
 
-
-@_both(*_CONSTANTS)
+@register_both(*_CONSTANTS)
 def _constant(m: nn.Module, input_shape) -> float:
     for klass in type(m).__mro__:
         if klass in _CONSTANTS:
@@ -68,23 +60,23 @@ def _constant(m: nn.Module, input_shape) -> float:
     raise AssertionError  # pragma: no cover
 
 
-@_both(nn.ELU)
+@register_both(nn.ELU)
 def _elu(m: nn.ELU, input_shape) -> float:
     return max(1.0, abs(real_arg(m, "alpha")))  # slope α·e^x on x < 0 tends to α at 0⁻
 
 
-@_both(nn.CELU)
+@register_both(nn.CELU)
 def _celu(m: nn.CELU, input_shape) -> float:
     real_arg(m, "alpha", lo=0.0, lo_open=True)  # slope e^{x/α} ≤ 1 on x < 0
     return 1.0
 
 
-@_both(nn.LeakyReLU)
+@register_both(nn.LeakyReLU)
 def _leaky(m: nn.LeakyReLU, input_shape) -> float:
     return max(1.0, abs(real_arg(m, "negative_slope")))
 
 
-@_both(nn.PReLU)
+@register_both(nn.PReLU)
 def _prelu(m: nn.PReLU, input_shape) -> float:
     a = m.weight.detach().to(torch.float64)
     if not bool(torch.isfinite(a).all()):
@@ -92,19 +84,19 @@ def _prelu(m: nn.PReLU, input_shape) -> float:
     return max(1.0, float(a.abs().max()) if a.numel() else 0.0)
 
 
-@_both(nn.RReLU)
+@register_both(nn.RReLU)
 def _rrelu(m: nn.RReLU, input_shape) -> float:
     # eval: fixed slope (lower + upper)/2; covered by max(|lower|, |upper|)
     return max(1.0, abs(real_arg(m, "lower")), abs(real_arg(m, "upper")))
 
 
-@_both(nn.Softshrink)
+@register_both(nn.Softshrink)
 def _softshrink(m: nn.Softshrink, input_shape) -> float:
     real_arg(m, "lambd", lo=0.0)
     return 1.0
 
 
-@_both(nn.Softplus)
+@register_both(nn.Softplus)
 def _softplus(m: nn.Softplus, input_shape) -> float:
     real_arg(m, "beta", lo=0.0, lo_open=True)
     t = m.threshold

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..functional.spectral import spectral_norm_exact
 from .checks import feature_dim
-from .l2 import L2_BOUNDS, register_lipschitz_bound
+from .l2 import L2_BOUNDS, register_both, register_lipschitz_bound
 from .linf import LINF_BOUNDS, linf_operator_norm, register_linf_lipschitz_bound
 from .protocol import UnboundedModuleError
 
@@ -42,15 +42,8 @@ def _linear_linf(m: nn.Linear, input_shape) -> float:
     return linf_operator_norm(_finite_weight(m, m.weight))
 
 
-def _both(*types):
-    def deco(fn):
-        register_lipschitz_bound(*types)(fn)
-        register_linf_lipschitz_bound(*types)(fn)
-        return fn
-    return deco
 
-
-@_both(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+@register_both(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm, input_shape) -> float:
     if not m.track_running_stats or m.running_var is None:
         raise UnboundedModuleError(
@@ -66,18 +59,18 @@ def _batchnorm(m: nn.modules.batchnorm._BatchNorm, input_shape) -> float:
         return float(scale.abs().max()) * _ROUND if scale.numel() else 0.0
 
 
-@_both(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+@register_both(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 def _identity(m: nn.Module, input_shape) -> float:
     return 1.0  # dropout: the identity in eval mode, which is what a certificate is about
 
 
-@_both(nn.Flatten)
+@register_both(nn.Flatten)
 def _flatten(m: nn.Flatten, input_shape) -> float:
     feature_dim(m, m.start_dim, input_shape, "start_dim")
     return 1.0
 
 
-@_both(nn.Unflatten)
+@register_both(nn.Unflatten)
 def _unflatten(m: nn.Unflatten, input_shape) -> float:
     if isinstance(m.dim, str):
         raise UnboundedModuleError("Unflatten with a named dimension has no registered bound")

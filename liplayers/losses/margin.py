@@ -1,4 +1,8 @@
-r"""Margin and temperature losses for Lipschitz (GNP) classifiers (seed 004).
+r"""Margin and temperature losses for Lipschitz (GNP) classifiers.
+
+References: Anil, Lucas & Grosse, "Sorting out Lipschitz function approximation", ICML 2019;
+Béthune et al., "Pay attention to your loss: understanding misconceptions about 1-Lipschitz
+neural networks", NeurIPS 2022; Serrurier et al., CVPR 2021 (hinge-KR).
 
 A 1-Lipschitz logit map f is certified at x with radius (f_y − max_{j≠y} f_j)/(√2·L) (multiclass)
 or |f(x)|/L (single logit); these losses ask for a *margin* in logit units, which is a margin in
@@ -12,16 +16,16 @@ input units once divided by the Lipschitz constant. Conventions (all classes):
 ==============================  ===============================================================
 class                           per-sample loss
 ==============================  ===============================================================
-:class:`HingeMarginLoss`        Σ_{j≠y} max(0, κ − (f_y − f_j))  (Anil et al. 2019, seed 004)
+:class:`HingeMarginLoss`        Σ_{j≠y} max(0, κ − (f_y − f_j))  (Anil et al. 2019)
                                 or max over j≠y (``aggregate="max"``, Crammer–Singer)
 :class:`BinaryHingeLoss`        max(0, κ − y·f),  y ∈ {−1, +1}
 :class:`KRLoss`                 −(Kantorovich–Rubinstein estimate of W₁ between the classes)
 :class:`HKRLoss`                α·hinge + KR (Serrurier et al. 2021)
-:class:`TauCrossEntropyLoss`    CE(τ·f, y)          (Béthune et al. 2022, seed 004)
-:class:`TauBCEWithLogitsLoss`   −log σ(τ·y·f)       (seed 004: L_τ(f(x), y) = −log σ(yτf(x)))
+:class:`TauCrossEntropyLoss`    CE(τ·f, y)          (Béthune et al. 2022)
+:class:`TauBCEWithLogitsLoss`   −log σ(τ·y·f)       (Béthune et al. 2022)
 ==============================  ===============================================================
 
-Temperature (seed 004, "Pay attention to your loss"): for a 1-Lipschitz f, τ — not the
+Temperature (Béthune et al. 2022, "Pay attention to your loss"): for a 1-Lipschitz f, τ — not the
 architecture — sets the accuracy/robustness trade-off: τ → ∞ maximizes accuracy (CE(τf)/τ →
 the margin-0 hinge max(0, max_{j≠y} f_j − f_y)), τ → 0 maximizes the mean certifiable robustness
 (CE(τf) → log C with gradient τ(1/C − e_y)). ``divide_by_tau=True`` returns CE(τ·f, y)/τ
@@ -36,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import _check_reduction, _multiclass, _nonneg, _positive, _reduce
+
 __all__ = [
     "HingeMarginLoss",
     "BinaryHingeLoss",
@@ -45,57 +51,8 @@ __all__ = [
     "TauBCEWithLogitsLoss",
 ]
 
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-# --------------------------------------------------------------------------- checks
-def _check_reduction(reduction: str) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
-def _reduce(values: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    return values
-
-
-def _nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _is_binary(input: Tensor) -> bool:
     return input.dim() == 1 or (input.dim() == 2 and input.shape[1] == 1)
-
-
-def _multiclass(input: Tensor, target: Tensor, who: str) -> Tensor:
-    """Validate (B, C) logits and (B,) integer labels; return labels as int64."""
-    if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() != 2:
-        raise ValueError(f"{who}: input must be floating-point logits of shape (B, C), got "
-                         f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
-    if input.shape[1] < 2:
-        raise ValueError(f"{who}: multiclass input needs C >= 2 logits, got shape {tuple(input.shape)}; "
-                         "use a binary loss for a single logit")
-    if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"{who}: target must be an integer tensor of class indices of shape (B,)")
-    if target.shape != (input.shape[0],):
-        raise ValueError(f"{who}: target must have shape ({input.shape[0]},), got {tuple(target.shape)}")
-    target = target.to(device=input.device, dtype=torch.int64)
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= input.shape[1]):
-        raise ValueError(f"{who}: class indices must lie in [0, {input.shape[1]}), got range "
-                         f"[{int(target.min())}, {int(target.max())}]")
-    return target
 
 
 def _binary(input: Tensor, target: Tensor, who: str):
@@ -120,15 +77,15 @@ def _margins(input: Tensor, target: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- hinge
 class HingeMarginLoss(nn.Module):
-    r"""Multiclass hinge loss with margin κ on the logit differences (Anil et al. 2019; seed 004).
+    r"""Multiclass hinge loss with margin κ on the logit differences (Anil et al. 2019).
 
     Per sample, with margins m_j = f_y − f_j:
 
-    * ``aggregate="sum"`` (default, the seed's form):   Σ_{j≠y} max(0, κ − m_j)
+    * ``aggregate="sum"`` (default):                    Σ_{j≠y} max(0, κ − m_j)
     * ``aggregate="max"`` (Crammer–Singer):            max(0, κ − min_{j≠y} m_j)
 
     Zero exactly when f_y − max_{j≠y} f_j ≥ κ, i.e. when the sample is certified at L2 radius
-    κ/(√2·L) for an L-Lipschitz f (DESIGN.md, "Margin certificate"): choose κ ≈ √2·L·ε for a
+    κ/(√2·L) for an L-Lipschitz f (each f_y − f_j is then √2·L-Lipschitz): choose κ ≈ √2·L·ε for a
     target radius ε. Gradient: −(number of active j) on f_y, +1 on each active f_j.
 
     Args:
@@ -199,7 +156,7 @@ class KRLoss(nn.Module):
 
     For a 1-Lipschitz f, W₁(P, Q) = sup_f E_P[f] − E_Q[f] (KR duality), so minimizing
     −(E_{y=+}[f] − E_{y=−}[f]) over a batch trains f towards the optimal transport potential
-    between the two classes; the loss alone is a weak classifier (seed 004, Sec. 2.1.3) and is
+    between the two classes; the loss alone is a weak classifier (Serrurier et al. 2021) and is
     used inside :class:`HKRLoss`.
 
     * Binary (single logit): loss = −(mean_{y>0} f − mean_{y≤0} f).
@@ -269,7 +226,7 @@ class HKRLoss(nn.Module):
 
 # --------------------------------------------------------------------------- temperature
 class TauCrossEntropyLoss(nn.Module):
-    r"""Cross-entropy with temperature: CE(τ·f(x), y) (Béthune et al. 2022; seed 004).
+    r"""Cross-entropy with temperature: CE(τ·f(x), y) (Béthune et al. 2022).
 
     τ multiplies the logits. With ``divide_by_tau=True`` the loss is CE(τ·f, y)/τ (deel-lip's
     ``TauCrossEntropyLoss``), which tends to the margin-0 multiclass hinge
@@ -303,7 +260,7 @@ class TauCrossEntropyLoss(nn.Module):
 
 
 class TauBCEWithLogitsLoss(nn.Module):
-    r"""Binary cross-entropy with temperature: −log σ(τ·y·f(x)), y ∈ {−1, +1} (seed 004).
+    r"""Binary cross-entropy with temperature: −log σ(τ·y·f(x)), y ∈ {−1, +1} (Béthune et al. 2022).
 
     Computed as softplus(−τ·y·f) (stable). ``divide_by_tau=True`` divides by τ (deel-lip's
     convention): then the loss tends to max(0, −y·f) as τ → ∞.
