@@ -1,13 +1,14 @@
-"""Certified accuracy of the main job's GNP network on digits and (when present) MNIST (issue 4).
+"""Certified accuracy of the ``liplayers demo`` GNP network on digits and (when present) MNIST.
 
 Runs ``liplayers demo`` (:func:`liplayers.cli.run_demo`) twice:
 
 * **digits** — the demo's default configuration (what ``liplayers demo`` does on a fresh install);
-* **MNIST** — when ``../shared/data/mnist`` (or ``--data-dir``) holds the IDX files: a wider dense
-  GNP (BjorckLinear 784→512→512→512→10 + MaxMin), τ-cross-entropy, a CPU budget of a few
-  minutes. Figures at ε ∈ {0.5, 1.0, 1.58} (L2, pixels in [0, 1]) on the full original test set.
-  The training images of ``../shared/data/mnist`` are reconstructed (see ../shared/README.md):
-  every output says "trained on reconstructed MNIST training images".
+* **MNIST** — when ``../shared/data/mnist`` beside the checkout (the default data dir) or
+  ``--data-dir`` holds the IDX files: a wider dense GNP (BjorckLinear 784→512→512→512→10 +
+  MaxMin), τ-cross-entropy, a CPU budget of a few minutes. Figures at ε ∈ {0.5, 1.0, 1.58} (L2, pixels in [0, 1]) on the full original test set.
+  The training images of that development copy are reconstructed (rebuilt from a public PNG
+  export of the 60,000 training digits, same order, labels checked against the original label
+  file): every output says "trained on reconstructed MNIST training images".
 
 Published anchor (MNIST, L2, ε = 1.58): GloRo nets (Leino et al. 2021) ≈ 62.8% certified
 accuracy, with a convolutional network trained for hundreds of GPU epochs.

@@ -1,4 +1,4 @@
-"""Cost of certification (issue 3): Lipschitz bound, certified accuracy, randomized smoothing.
+"""Cost of certification: Lipschitz bound, certified accuracy, randomized smoothing.
 
 Measures, on a GNP MLP (BjorckLinear + MaxMin, MNIST-sized 784 → 10, random inputs):
 

@@ -1,4 +1,4 @@
-"""Projection onto the L1 ball (row by row) and the L∞-Lipschitz dense layer (issue 9).
+"""Projection onto the L1 ball (row by row) and the L∞-Lipschitz dense layer.
 
 Part 1 — ``project_l1_ball`` on an (n, n) float32 weight with N(0, 1) entries (every row far
 outside the unit L1 ball, the case of a freshly updated free parameter): ``newton``

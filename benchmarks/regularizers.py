@@ -1,16 +1,18 @@
-"""Time per training step of the information-geometric regularizers (issue 6).
+"""Time per training step of the information-geometric regularizers.
 
 Same small CNN (2 conv layers + dense, MNIST-sized 1x28x28 random input, 10 classes),
 same batch, one SGD step each of: CE, TRADES, FIRE, Hellinger, ISO-exact, ISO-randomized,
 ISO-rand-frob, JAC.  ISO-randomized is the single-probe unbiased estimator of the squared
 Gaussian-deviation penalty (``deviation="gaussian"``, one JVP); ISO-rand-frob the
-two-probe U-statistic, unbiased for the squared Frobenius penalty of seed 000 eq. 14.  Methods are interleaved within each repeat and the minimum over repeats is reported
+two-probe U-statistic, unbiased for the squared Frobenius penalty of eq. 14 of Shi-Garrier et al.
+(2024).  Methods are interleaved within each repeat and the minimum over repeats is reported
 (robust to noise from other processes sharing the CPU), with the ratio to CE.
 
     python benchmarks/regularizers.py [--batch 64] [--repeats 7] [--threads 1] [--pgd-steps 10]
 
-Goal (issue 6): ISO-randomized <= 3x CE, FIRE no slower than TRADES (same PGD budget).
-The seed (000 §4.2) reports ISO at about 12x plain training.
+Goal: ISO-randomized <= 3x CE, FIRE no slower than TRADES (same PGD budget).
+Shi-Garrier, Bouaynaya & Delahaye ("Adversarial Robustness with Partial Isometry", Entropy 2024,
+§4.2) report ISO training at about 12x plain training.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def main() -> None:
     x = torch.rand(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
     gen = torch.Generator().manual_seed(args.seed)
-    eps = 0.3  # MNIST L-inf budget of seed 001
+    eps = 0.3  # MNIST L-inf budget of Picot et al. (2022)
     pgd = dict(eps=eps, norm="linf", steps=args.pgd_steps, step_size=0.01, generator=gen)
 
     methods = {
@@ -60,7 +62,7 @@ def main() -> None:
         "FIRE": FIRELoss(**pgd),
         "Hellinger": HellingerLoss(**pgd),
         "ISO-exact": ISOLoss(epsilon=1.0, eta=0.005, estimator="exact"),
-        # unbiased for alpha^2 (Frobenius form, seed eq. 14): U-statistic of `--probes` JVPs
+        # unbiased for alpha^2 (Frobenius form, eq. 14 of Shi-Garrier et al. 2024): U-statistic of `--probes` JVPs
         "ISO-rand-frob": ISOLoss(epsilon=1.0, eta=0.005, estimator="randomized", squared=True,
                                  num_probes=args.probes, generator=gen),
         # unbiased for the Gaussian-deviation form ((tr A)^2 + 2||A||_F^2) from ONE JVP

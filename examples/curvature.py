@@ -1,26 +1,29 @@
-r"""Decision-boundary curvature near inputs and a detector of perturbed inputs (seed 003).
+r"""Decision-boundary curvature near inputs and a detector of perturbed inputs.
+
+After Fawzi et al., "Empirical study of the topology and geometry of deep networks" (CVPR 2018),
+and Moosavi-Dezfooli et al., "Robustness via curvature regularization, and vice versa" (CVPR 2019).
 
 On scikit-learn's 8×8 digits (``liplayers.data.load_digits``, pixels in [0, 1], ``d = 64``)
 we train a vanilla ReLU MLP (cross-entropy) and a GNP MLP (:func:`liplayers.zoo.architectures.gnp_mlp`,
 Björck + MaxMin, τ-cross-entropy) and, with :mod:`liplayers.analysis.curvature`:
 
-1. **Curvature profile** (seed 003 Fig. 3): the principal curvatures (eq. 6) of the boundary
+1. **Curvature profile** (as in Fawzi et al. 2018): the principal curvatures of the boundary
    between the predicted class and each other class, sorted and averaged over test inputs.
-2. **Average curvature** ``κ̄_j`` (trace form of eqs. 5–6) and the **detector** (seed 003
-   §3.2.1): test inputs are split in two halves; the first half stays clean, the second is
+2. **Average curvature** ``κ̄_j`` (mean of the principal curvatures) and the **detector**
+   (Fawzi et al. 2018): test inputs are split in two halves; the first half stays clean, the second is
    attacked by L2 PGD (:func:`liplayers.analysis.attacks.pgd_attack`) and only successful attacks are
-   kept; an input is flagged as perturbed when its score exceeds a threshold.  The seed's
-   score sums its eq. 7, which equals ``−(d−1)/2 · κ̄_j`` (Goldman's orientation, see
-   :mod:`liplayers.analysis.curvature`), so the two conventions flag opposite tails: we report the
-   AUC (scikit-learn) of both, ``Σ_{j≠i} κ̄_j`` and the eq. 7 score (``= 1 − the former``),
-   plot the ROC of the eq. 7 score (the seed's detector), and the accuracy of its best
-   threshold (balanced).
-3. **Relabelling** (seed 003 §3.2.2): how often ``argmax_{j≠i} κ̄_j`` at the perturbed
+   kept; an input is flagged as perturbed when its score exceeds a threshold.  A common
+   form of the score sums Goldman's mean-curvature formula, which equals ``−(d−1)/2 · κ̄_j``
+   (opposite orientation, see :mod:`liplayers.analysis.curvature`), so the two conventions
+   flag opposite tails: we report the AUC (scikit-learn) of both, ``Σ_{j≠i} κ̄_j`` and the
+   Goldman-formula score (column ``AUC eq.7 score``, ``= 1 − the former``), plot the ROC of
+   the Goldman-formula score, and the accuracy of its best threshold (balanced).
+3. **Relabelling** (Fawzi et al. 2018): how often ``argmax_{j≠i} κ̄_j`` at the perturbed
    input recovers the class predicted before the attack.
 
 Both networks are piecewise linear (ReLU, MaxMin), so their exact Hessian is zero almost
 everywhere: curvatures are measured **at scale h** (central differences of exact gradients,
-``--h``, default 0.1 in pixel units — seed 003 uses one-sided differences with h ≈ 0.1–1).
+``--h``, default 0.1 in pixel units; one-sided differences with h ≈ 0.1–1 are a common alternative).
 With ``--h 0`` the exact Hessian is used (and all curvatures vanish for these models —
 a useful sanity check).
 
@@ -60,7 +63,7 @@ def _roc(scores_clean: np.ndarray, scores_pert: np.ndarray) -> Dict[str, object]
     y = np.r_[np.zeros(len(scores_clean)), np.ones(len(scores_pert))]
     s = np.r_[scores_clean, scores_pert]
     fpr, tpr, thr = roc_curve(y, s)
-    # best balanced accuracy over thresholds (the seed reports the optimal threshold's accuracy)
+    # best balanced accuracy over thresholds (the accuracy at the optimal threshold)
     acc = 0.5 * (tpr + 1 - fpr)
     k = int(np.argmax(acc))
     return {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr)), "best_threshold": float(thr[k]),
@@ -98,7 +101,7 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     d = x[0].numel()
     score_c = torch.nan_to_num(kb_clean, nan=0.0).sum(1).numpy()
     score_p = torch.nan_to_num(kb_pert, nan=0.0).sum(1).numpy()
-    # the seed's eq. 7 score is −(d−1)/2 · Σ_j κ̄_j (liplayers.analysis.curvature docstring): same detector,
+    # the Goldman-formula score is −(d−1)/2 · Σ_j κ̄_j (liplayers.analysis.curvature docstring): same detector,
     # opposite direction
     eq7_c, eq7_p = -(d - 1) / 2 * score_c, -(d - 1) / 2 * score_p
     empty = {"auc": float("nan"), "best_accuracy": float("nan"), "fpr": [], "tpr": []}
@@ -194,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     ax.plot([0, 1], [0, 1], ":", color="gray", label="chance")
     ax.set_xlabel("false positive rate (clean flagged as perturbed)")
     ax.set_ylabel("true positive rate (perturbed detected)")
-    ax.set_title("ROC of the detector: seed 003 eq. 7 score > threshold")
+    ax.set_title("ROC of the detector: Goldman-formula score > threshold")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     for ax, (name, a), c in zip(axes[1:], analyses.items(), ("tab:blue", "tab:orange")):
@@ -203,7 +206,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         bins = np.linspace(both.min(), both.max(), 30) if len(both) else 10
         ax.hist(sc, bins=bins, color=c, alpha=0.35, label=f"clean (n = {len(sc)})")
         ax.hist(sp, bins=bins, histtype="step", color="k", lw=1.5, label=f"PGD-perturbed (n = {len(sp)})")
-        ax.set_xlabel(r"eq. 7 score $-\frac{d-1}{2}\sum_{j\neq i}\bar\kappa_j$ (1/pixel units)")
+        ax.set_xlabel(r"Goldman-formula score $-\frac{d-1}{2}\sum_{j\neq i}\bar\kappa_j$ (1/pixel units)")
         ax.set_ylabel("count")
         ax.set_title(name)
         ax.legend(fontsize=8)

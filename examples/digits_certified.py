@@ -1,4 +1,5 @@
-r"""Accuracy vs certified robustness of GNP networks: the loss sets the trade-off (seed 004).
+r"""Accuracy vs certified robustness of GNP networks: the loss sets the trade-off
+(Béthune et al., "Pay attention to your loss", NeurIPS 2022).
 
 GNP MLPs (:func:`liplayers.zoo.architectures.gnp_mlp`: Björck-orthonormal dense layers + MaxMin) are
 trained on scikit-learn's 8×8 digits (default; no download) or MNIST (``--dataset mnist

@@ -1,6 +1,9 @@
-r"""Accuracy–robustness trade-off in the Gaussian logistic model (seed 001 §4, Figs. 6 and 9).
+r"""Accuracy–robustness trade-off in the Gaussian logistic model.
 
-Model (seed 001 eqs. 18–21).  Binary labels ``y ∈ {−1, +1}``, equally likely,
+Picot et al., "Adversarial Robustness via Fisher-Rao Regularization", IEEE TPAMI 2022, §4,
+Figs. 6 and 9; equation, figure and footnote numbers below are those of that paper.
+
+Model (eqs. 18–21).  Binary labels ``y ∈ {−1, +1}``, equally likely,
 ``x | y ~ N(y μ, Σ)`` in 2-D, logistic classifier ``q_θ(y|x) = 1/(1 + exp(−y θᵀx))``,
 L2 adversary of radius ``ε`` that maximizes the cross-entropy: ``x* = x − ε y θ/‖θ‖₂``.
 Then, with ``Φ`` the standard normal CDF,
@@ -13,14 +16,14 @@ Both are invariant to the scale of θ, so ``θ = (cos α, sin α)`` sweeps every
 better in both accuracies) and the maximum average accuracy
 ``MAA = max_θ 1 − (P_e + P'_e)/2`` (eq. 24) follow from the curve.
 
-Learning (seed 001 §4.2, footnote 4): ``10⁴`` samples per class, quasi-Newton (BFGS) from
+Learning (§4.2, footnote 4): ``10⁴`` samples per class, quasi-Newton (BFGS) from
 ``θ = 0``, for a sweep of λ, of the empirical risks
 
     TRADES     mean[ CE(x) + λ · max_{x'} KL(q_θ(·|x) ‖ q_θ(·|x')) ]
     FIRE       mean[ CE(x) + λ · max_{x'} d_FR²(q_θ(·|x), q_θ(·|x')) ]      (eq. 7)
     Hellinger  mean[ CE(x) + λ · max_{x'} H²(q_θ(·|x), q_θ(·|x')) ]         (eq. 48)
 
-with ``CE(x) = −log q_θ(y|x)`` on the **clean** input for all three.  (Seed 001 eq. 5 prints
+with ``CE(x) = −log q_θ(y|x)`` on the **clean** input for all three.  (Eq. 5 of the paper prints
 TRADES with the adversarial cross-entropy ``−log q_θ(y|x')``; with that term the TRADES risk
 is ``≥ L_ACE(θ) ≥ L_ACE(0) = TRADES(0)``, and footnote 4 itself notes that ``θ = 0``
 minimizes ``L_ACE`` here — so eq. 5 as printed would only ever return ``θ = 0``.  We use
@@ -31,10 +34,10 @@ The inner maximization is solved **exactly**: ``θᵀx'`` ranges over
 ``[h − ε‖θ‖, h + ε‖θ‖]`` (``h = θᵀx``) and each divergence is increasing in ``|h' − h|``
 on either side of ``h`` (KL is a Bregman divergence of the log-partition, convex in
 ``h'``; the Fisher–Rao and Hellinger distances are monotone in ``|arctan e^{h'/2} −
-arctan e^{h/2}|``, seed 001 eq. 9), so the maximum is at one of the two endpoints.  The
+arctan e^{h/2}|``, eq. 9), so the maximum is at one of the two endpoints.  The
 divergences are :mod:`liplayers.functional.geometry`'s, applied to the two-class logits ``(0, h)``.
 
-What to expect (and a disagreement with the seed).  Near ``θ = 0`` all three divergences
+What to expect (and a disagreement with the paper).  Near ``θ = 0`` all three divergences
 agree to second order in ``δ = ε‖θ‖`` (``KL ≈ d²/2``, ``H² ≈ d²/4``, ``d² ≈ δ²/4`` at
 ``h = 0``), and the cross-entropy is ``log 2 − ½θᵀm + ⅛θᵀSθ + O(‖θ‖³)`` with
 ``m = E[y x] = μ``, ``S = E[x xᵀ] = Σ + μμᵀ``.  So for large λ the minimizer is
@@ -42,7 +45,7 @@ agree to second order in ``δ = ε‖θ‖`` (``KL ≈ d²/2``, ``H² ≈ d²/4`
 one of the three risks, while λ → 0 gives the logistic fit (direction ≈ Σ⁻¹μ,
 ``α ≈ 1.82``).  The λ-paths therefore run from the max-natural-accuracy end of the Pareto
 front (``α ≈ 1.815``) to ``α ≈ 2.05`` — through the MAA point (``α ≈ 2.07``, where the average
-accuracy is flat to 1e-7) — but never reach the robust end (``α ≈ 2.78``).  Seed 001 reports
+accuracy is flat to 1e-7) — but never reach the robust end (``α ≈ 2.78``).  Picot et al. report
 that FIRE covers *all* Pareto points (Fig. 6c) and TRADES all but a segment (Fig. 6b); with
 the risks as written (exact inner maximization, BFGS from ``θ = 0``) we do not reproduce
 that, and the three paths nearly coincide.  The table and ``alpha_vs_lambda.png`` show it;
@@ -80,7 +83,7 @@ METHODS = ("TRADES", "FIRE", "Hellinger")
 # --------------------------------------------------------------------------- closed forms
 def error_rates(theta: np.ndarray, mu: np.ndarray = MU, sigma: np.ndarray = SIGMA,
                 eps: float = EPS) -> tuple:
-    """Natural and adversarial misclassification probabilities (seed 001 eqs. 20–21).
+    """Natural and adversarial misclassification probabilities (Picot et al. 2022 eqs. 20–21).
 
     ``theta``: ``(2,)`` or ``(N, 2)``; returns ``(P_e, P'_e)`` as arrays of shape ``(N,)``
     (or scalars).  ``θ = 0`` (a constant predictor) gets error 1/2 for both by convention.
@@ -155,7 +158,7 @@ def empirical_risk(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, method
                    eps: float = EPS, adversary: str = "divergence") -> torch.Tensor:
     """Empirical TRADES / FIRE / Hellinger risk (scalar) of ``θ`` (2,) on ``x`` (N, 2), ``y`` (N,) ∈ ±1.
 
-    ``adversary="divergence"``: exact inner maximization of the divergence (seed 001 eqs. 5, 7,
+    ``adversary="divergence"``: exact inner maximization of the divergence (Picot et al. 2022 eqs. 5, 7,
     48; maximum at ``θᵀx' = h ± ε‖θ‖``, see the module docstring).  ``"ce"``: the divergence
     toward the cross-entropy adversary ``x* = x − εyθ/‖θ‖`` of eq. 19 (``θᵀx* = h − yε‖θ‖``).
     """
@@ -175,7 +178,7 @@ def empirical_risk(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, method
 
 def minimize_risk(x: np.ndarray, y: np.ndarray, method: str, lam: float, eps: float = EPS,
                   maxiter: int = 500, adversary: str = "divergence") -> Dict[str, float]:
-    """BFGS from ``θ = 0`` (seed 001 footnote 4); returns θ, its angle α and the accuracies."""
+    """BFGS from ``θ = 0`` (Picot et al. 2022 footnote 4); returns θ, its angle α and the accuracies."""
     xt = torch.as_tensor(x, dtype=torch.float64)
     yt = torch.as_tensor(y, dtype=torch.float64)
 
@@ -229,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         avg = (nat + adv) / 2
         k_maa = int(np.argmax(avg))
         k_nat, k_adv = int(np.argmax(nat)), int(np.argmax(adv))
-        theta_bayes = np.linalg.solve(SIGMA, MU)  # θ*_nat ∝ Σ⁻¹μ (seed 001 footnote 3)
+        theta_bayes = np.linalg.solve(SIGMA, MU)  # θ*_nat ∝ Σ⁻¹μ (Picot et al. 2022 footnote 3)
         a_bayes = float(np.mod(np.arctan2(theta_bayes[1], theta_bayes[0]), 2 * math.pi))
         key_points = [
             {"point": "max natural (Σ⁻¹μ)", "alpha": a_bayes, "natural": 1 - error_rates(theta_bayes)[0],
@@ -318,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         ax.set_xlabel("natural accuracy  1 − P_e(θ)")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"adversarial accuracy  1 − P'_e(θ)  (L2, ε = {EPS})")
-    fig.suptitle("Gaussian logistic model (seed 001 Figs. 6, 9): μ = [−0.0218, 0.0425], "
+    fig.suptitle("Gaussian logistic model (Picot et al. 2022 Figs. 6, 9): μ = [−0.0218, 0.0425], "
                  "Σ = [[0.0212, 0.0036], [0.0036, 0.0042]]", fontsize=10)
     fig.tight_layout()
     save_figure(fig, out, "tradeoff.png")

@@ -1,4 +1,5 @@
-r"""Vanilla, ISO, Parseval, Jacobian, FIRE and GNP networks on one budget (seeds 000, 002; Table 1).
+r"""Vanilla, ISO, Parseval, Jacobian, FIRE and GNP networks on one budget (the comparison of Shi-Garrier
+et al., "Adversarial Robustness with Partial Isometry", Entropy 2024, Table 1).
 
 Same data (scikit-learn digits, pixels in [0, 1], or MNIST with ``--dataset mnist
 --data-dir DIR``), same MLP architecture (``d → W → W → 10``), same optimizer (Adam), epochs and
@@ -6,24 +7,24 @@ batch size for every method:
 
 ============  ===========================================================================
 vanilla       cross-entropy, ReLU
-ISO           :class:`liplayers.regularizers.ISOLoss` (seed 000 eq. 15, exact Jacobian,
-              η from the seed's geometric schedule 0.002 → 0.006, ``K = δ_m/ε_iso``)
+ISO           :class:`liplayers.regularizers.ISOLoss` (Shi-Garrier et al. 2024 eq. 15, exact
+              Jacobian, η from their geometric schedule 0.002 → 0.006, ``K = δ_m/ε_iso``)
 Parseval      cross-entropy + :class:`liplayers.regularizers.ParsevalRetraction` after every
-              optimizer step (Cissé et al.; separate learning and regularization steps,
-              seed 002), ReLU
+              optimizer step (Cissé et al. 2017; separate learning and regularization
+              steps), ReLU
 JAC           :class:`liplayers.regularizers.JacobianLoss` (CE + λ/2 ‖J‖²_F, random projection)
-FIRE          :class:`liplayers.losses.FIRELoss` (seed 001 eq. 7, L∞ PGD inner maximization)
+FIRE          :class:`liplayers.losses.FIRELoss` (Picot et al. 2022 eq. 7, L∞ PGD inner max.)
 GNP           :func:`liplayers.zoo.architectures.gnp_mlp` (Björck + MaxMin), τ-cross-entropy
 ============  ===========================================================================
 
 Evaluation, on the test set: clean accuracy; robust accuracy under L∞ PGD (40 steps, step
-0.01, as in seed 000) at budgets 0.1 / 0.2 / 0.3 — the layout of seed 000 Table 1, given as
+0.01, as in Shi-Garrier et al. 2024) at budgets 0.1 / 0.2 / 0.3 — the layout of their Table 1, given as
 the fraction of all test images classified correctly both clean and attacked (an image
 broken at a smaller budget counts as broken at the larger ones); **certified**
 accuracy from :func:`liplayers.certify.certified_accuracy` (sound for every model here: the
 bound is computed from the actual weights of plain and Lipschitz layers alike; L∞ radius
 ``r₂/√d``) at L∞ 0.1 and L2 0.5; mean training time per epoch; and the run-to-run
-variability (mean ± std over ``--seeds`` initializations — seed 002 reports that ISO depends
+variability (mean ± std over ``--seeds`` initializations — ISO is reported to depend
 strongly on the initialization while Parseval does not).
 
 Output (``--out``): ``robustness.png`` (accuracy vs L∞ budget with the spread over seeds,
@@ -118,7 +119,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_steps: i
     row = {"clean": float(correct.float().mean())}
     ok = correct
     for eps in BUDGETS:
-        # seed 000: 40 steps of 0.01; fewer steps (--quick) use the default 2.5·ε/steps
+        # Shi-Garrier et al. 2024: 40 steps of 0.01; fewer steps (--quick) use the default 2.5·ε/steps
         step = 0.01 if attack_steps >= 40 else None
         x_adv = pgd_attack(model, x, y, eps, norm="linf", steps=attack_steps, step_size=step, domain=(0.0, 1.0),
                            generator=generator)

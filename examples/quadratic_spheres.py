@@ -1,4 +1,4 @@
-r"""Adversarial spheres with quadratic, Lipschitz-quadratic and GNP networks (seed 004 §3).
+r"""Adversarial spheres with quadratic, Lipschitz-quadratic and GNP networks (after Gilmer et al. 2018).
 
 Data (Gilmer et al., "Adversarial spheres", ICLR 2018): points uniform on two concentric
 spheres of ``R^d``, radius 1 (class 0) and ``R = 1.3`` (class 1); ``d = 500`` (``--quick``:
@@ -7,14 +7,14 @@ spheres of ``R^d``, radius 1 (class 0) and ``R = 1.3`` (class 1); ``d = 500`` (`
 Models (single logit ``f``, class 1 iff ``f > 0``):
 
 (a) **quadratic network** ``f(x) = w‖Wx‖² + b`` (``W ∈ R^{d₁×d}``, ``d₁ = 2d``), all free.
-    With ``λ_i`` the eigenvalues of ``WᵀW`` — the **squared** singular values of ``W`` (seed
-    004 writes "singular values"; the decision boundary ``xᵀWᵀWx = −b/w`` involves their
+    With ``λ_i`` the eigenvalues of ``WᵀW`` — the **squared** singular values of ``W`` (not the
+    singular values themselves: the decision boundary ``xᵀWᵀWx = −b/w`` involves their
     squares) — and ``α_i = −w λ_i / b``, the boundary is the ellipsoid ``Σ α_i z_i² = 1`` and
     the classifier has zero error on both spheres iff every ``α_i ∈ [1/R², 1]`` and ``w > 0``
     (the sign of ``w`` says which side of the boundary is class 1).
 (b) **Lipschitz quadratic network**: the same with ``W`` orthonormal
     (:class:`liplayers.BjorckLinear`, ``‖Wx‖ = ‖x‖``): the boundary is a sphere, only
-    ``(w, b)`` matter.  Seed 004: the last affine layer ``q ↦ wq + b`` must **not** be forced
+    ``(w, b)`` matter.  The last affine layer ``q ↦ wq + b`` must **not** be forced
     orthogonal — a 1×1 orthogonal matrix is ``±1``, a disconnected set, so ``w`` keeps the
     sign it is initialized with.  We run it both ways: free ``w``, and ``w`` read through
     :class:`liplayers.BjorckLinear` ``(1, 1)`` initialized at ``+1`` and at ``−1``.
@@ -42,16 +42,14 @@ sphere reaches it, and then exactly, so with the floating-point safety margin th
 certified fraction at 0.15 is at most about one half — see radius 0.14 for the picture).
 
 What to expect (d = 500, ~5·10⁵ training samples).  (a) reaches ~1% test error but only a
-few percent of its ``α_i`` lie in ``[1/R², 1]`` (most are near 0, as seed 004 reports at
-2·10⁵ samples): the boundary ellipsoid cuts through both spheres, and PGD finds adversarial
-examples within 0.15 for almost every point.  (b) has zero error and certified radii equal
-to the exact distance to its boundary sphere ``c = √(−b/w)``, but the logistic loss does not
+few percent of its ``α_i`` lie in ``[1/R², 1]`` (most are near 0): the boundary ellipsoid cuts
+through both spheres, and PGD finds adversarial examples within 0.15 for almost every point.
+(b) has zero error and certified radii equal to the exact distance to its boundary sphere ``c = √(−b/w)``, but the logistic loss does not
 put the boundary in the middle (1.15): its balance point *in f-space* is
 ``c = √((1 + R²)/2) ≈ 1.160`` ((b') lands there: 1.1597, so the outer sphere is certified at
 0.140 only), and the free readout (b) stops elsewhere (1.140 at the default budget, so the
 inner sphere gets 0.140).  The certified fraction at 0.15 is 1/2 either way.  (b'') is perfectly
-wrong (0% accuracy): ``w`` cannot leave ``−1`` and the bias settles at ``(1 + R²)/2``, as the
-seed observed.  (c) generalizes (< 1% error) but certifies far less than (b).
+wrong (0% accuracy): ``w`` cannot leave ``−1`` and the bias settles at ``(1 + R²)/2``.  (c) generalizes (< 1% error) but certifies far less than (b).
 
 Output (``--out``): ``alpha_histogram.png``, ``certified_accuracy.png``, ``results.json``.
 """

@@ -1,4 +1,4 @@
-r"""Wasserstein-1 estimation with 1-Lipschitz networks and the KR loss (seed 004; Anil et al. 2019).
+r"""Wasserstein-1 estimation with 1-Lipschitz networks and the KR loss (Anil, Lucas & Grosse 2019).
 
 Kantorovich–Rubinstein duality: for distributions P, Q on Rⁿ with finite first moments,
 
@@ -9,8 +9,8 @@ the KR objective (minimize :class:`liplayers.losses.KRLoss`) estimates W₁ **fr
 for any network ``f`` with guaranteed L2 bound ``L`` (``Sequential.lipschitz_bound()``),
 ``f/L`` is 1-Lipschitz, so ``E_P[f] − E_Q[f] ≤ L · W₁(P, Q)`` — we report
 ``est = (E_P f − E_Q f)/L`` (the division makes the inequality hold even if the weights are
-not exactly orthonormal). Seed 004 (§2.1.3 and §2.2) cites "tight estimates of Wasserstein
-distance" as a use of GroupSort networks; ReLU networks with norm-constrained weights cannot
+not exactly orthonormal). Anil, Lucas & Grosse (2019) show tight estimates of the Wasserstein
+distance as a use of GroupSort networks; ReLU networks with norm-constrained weights cannot
 even represent |x| (the optimal potential of the 1-D scale case below).
 
 Pairs with closed-form W₁:
@@ -59,7 +59,7 @@ from _common import (Timer, make_parser, plt, print_table, progress, save_figure
 
 import liplayers as L  # noqa: E402
 
-try:  # the library's KR loss (issue 4); a local one otherwise
+try:  # the library's KR loss; a local one otherwise
     from liplayers.losses import KRLoss as _KRLoss  # noqa: E402
 except Exception:  # pragma: no cover
     _KRLoss = None
@@ -314,7 +314,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         ax.set_title(name)
         ax.set_xlabel("x")
         ax.legend(fontsize=8)
-    fig.suptitle("Wasserstein-1 with 1-Lipschitz GroupSort networks (KR duality, seed 004)")
+    fig.suptitle("Wasserstein-1 with 1-Lipschitz GroupSort networks (KR duality, Anil et al. 2019)")
     fig.tight_layout()
     png = save_figure(fig, out, "wasserstein.png")
 

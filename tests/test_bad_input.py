@@ -1,4 +1,4 @@
-"""Bad input gets an error that names the problem — never a silent NaN, never a wrong certificate (issue 8).
+"""Bad input gets an error that names the problem — never a silent NaN, never a wrong certificate.
 
 Covers: non-finite weights (every parametrized layer, in training, eval, bound and export),
 non-finite inputs to everything that certifies or attacks, wrong shapes, group sizes that do

@@ -1,4 +1,4 @@
-"""Curvature of decision boundaries (liplayers.analysis.curvature) against closed forms (seed 003 eqs. 5–7)."""
+"""Curvature of decision boundaries (liplayers.analysis.curvature) against closed forms."""
 import math
 
 import pytest
@@ -105,7 +105,7 @@ def test_average_curvature_is_the_mean_of_principal_curvatures_and_goldman_relat
         mask = pred != j
         k = principal_curvatures(model, x[mask], other=j)
         torch.testing.assert_close(kb[mask, j], k.mean(1), rtol=1e-9, atol=1e-12)
-    # seed 003 eq. 7 (Goldman's 3-D mean-curvature formula) equals −(d−1)/2 · κ̄ in d dimensions
+    # Goldman's 3-D mean-curvature formula equals −(d−1)/2 · κ̄ in d dimensions
     _, J, H = logit_hessians(model, x)
     ar = torch.arange(4)
     j = (pred + 1) % 4

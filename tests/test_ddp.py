@@ -1,4 +1,4 @@
-"""DistributedDataParallel (issue 8): 2 CPU processes (gloo, loopback), bounded time.
+"""DistributedDataParallel: 2 CPU processes (gloo, loopback), bounded time.
 
 A GNP network with every parametrized layer type trains for a few steps under DDP. Checked:
 

@@ -1,4 +1,4 @@
-"""dtypes and devices (issue 8): float64 and float32 everywhere, bfloat16 forward, safe precision.
+"""dtypes and devices: float64 and float32 everywhere, bfloat16 forward, safe precision.
 
 Rule under test (``liplayers.parametrizations._compute_dtype``): orthonormalization (Björck),
 power iteration and the normalization V/σ run in float32 at least — bfloat16/float16 weights

@@ -52,7 +52,7 @@ def _run(name, tmp_path, *extra):
 def test_gaussian_tradeoff(tmp_path):
     res, disk = _run("gaussian_tradeoff", tmp_path)
     key = {r["point"]: r for r in res["key_points"]}
-    # seed 001 footnote 3: α*_nat ≈ 1.814 → (0.784, 0.183); α*_adv ≈ 2.783 → (0.608, 0.309)
+    # Picot et al. (2022) footnote 3: α*_nat ≈ 1.814 → (0.784, 0.183); α*_adv ≈ 2.783 → (0.608, 0.309)
     nat = key["max natural (Σ⁻¹μ)"]
     assert abs(nat["alpha"] - 1.814) < 0.01 and abs(nat["natural"] - 0.784) < 1e-3
     assert abs(nat["adversarial"] - 0.183) < 1e-3
@@ -95,7 +95,7 @@ def test_quadratic_spheres(tmp_path):
         for e in (0.05, 0.1, 0.14, 0.15):
             assert r[f"cert@{e}"] <= 1 - r["test error"] + 1e-12
     assert rows["(b) Lipschitz quadratic"]["test error"] == 0.0
-    # seed 004: an orthogonal (±1) readout initialized with the wrong sign is perfectly wrong
+    # an orthogonal (±1) readout initialized with the wrong sign is perfectly wrong
     assert rows["(b'') ... readout orthogonal, w0=−1"]["test error"] == 1.0
     # 0.15 = half the gap is the most one can certify on both spheres: never all points
     for r in rows.values():

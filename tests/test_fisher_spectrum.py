@@ -1,4 +1,4 @@
-"""Spectrum of the pulled-back Fisher metric (seed 000 §2.3, §3.2) against brute force in float64."""
+"""Spectrum of the pulled-back Fisher metric (Shi-Garrier et al. 2024, §2.3, §3.2) against brute force in float64."""
 import pytest
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ def make_model(n, C, seed=0, width=12):
 
 
 def brute_force_pullback(model, x):
-    """J_θᵀ G_θ J_θ with θ = (p_1..p_m) and the Fisher metric of seed 000 eq. 2, per sample."""
+    """J_θᵀ G_θ J_θ with θ = (p_1..p_m) and the Fisher metric of Shi-Garrier et al. (2024) eq. 2, per sample."""
     out = []
     for xi in x:
         def theta(z):
@@ -62,7 +62,7 @@ def test_data_subspace_is_span_of_probability_gradients():
     k = C - 1
     for b in range(3):
         grads = torch.autograd.functional.jacobian(lambda z: torch.softmax(model(z[None])[0], -1), x[b])  # (C, n)
-        basis = V[b][:, :k]  # orthonormal basis of D_x (seed 000 eq. 4)
+        basis = V[b][:, :k]  # orthonormal basis of D_x (Shi-Garrier et al. 2024 eq. 4)
         assert torch.allclose(basis.T @ basis, torch.eye(k, dtype=torch.float64), atol=1e-10)
         resid = grads.T - basis @ (basis.T @ grads.T)
         assert float(resid.abs().max()) < 1e-10 * float(grads.abs().max())

@@ -58,13 +58,13 @@ def test_binary_agrees_with_multiclass_for_two_classes():
     zero = torch.zeros_like(h1)
     multi = fisher_rao_distance(torch.stack([zero, h1], -1), torch.stack([zero, h2], -1))
     torch.testing.assert_close(fisher_rao_distance_binary(h1, h2), multi, rtol=1e-9, atol=1e-12)
-    # and with the seed's literal eq. 9 where exp does not overflow
+    # and with Picot et al.'s literal eq. 9 where exp does not overflow
     lit = 2 * (torch.atan(torch.exp(h2 / 2)) - torch.atan(torch.exp(h1 / 2))).abs()
     torch.testing.assert_close(fisher_rao_distance_binary(h1, h2), lit, rtol=1e-9, atol=1e-12)
 
 
 def test_proposition_1_bound():
-    """Seed 001 Prop. 1: d <= |h(x') - h(x)| / 2, tight for small differences around h = 0."""
+    """Picot et al. (2022) Prop. 1: d <= |h(x') - h(x)| / 2, tight for small differences around h = 0."""
     h1, h2 = _logits(2000, scale=6.0, seed=8), _logits(2000, scale=6.0, seed=9)
     d = fisher_rao_distance_binary(h1, h2)
     assert bool((d <= 0.5 * (h2 - h1).abs() + 1e-12).all())
@@ -239,12 +239,12 @@ def test_largest_distance_to_decision_boundary_is_pi_over_2(num_classes):
     vertex[0] = 1.0
     assert abs(_numeric_boundary_distance(vertex) - math.pi / 2) < 1e-8
     assert MAX_BOUNDARY_DISTANCE == max_boundary_distance(num_classes) == math.pi / 2
-    if num_classes > 2:  # the seed's delta_m is not this supremum
+    if num_classes > 2:  # Shi-Garrier et al.'s delta_m is not this supremum
         assert float(d.max()) < delta_m(num_classes) - 0.3
 
 
 def test_stereographic_conformal_factor():
-    """1 + |t/2|^2 = 2 / (1 - sqrt(theta_last)) (DESIGN.md; the identity behind the eq. 13 erratum)."""
+    """1 + |t/2|^2 = 2 / (1 - sqrt(theta_last)) (the identity behind the erratum in eq. 13 of Shi-Garrier et al. 2024)."""
     a = _logits(20, 4, seed=19)
     t = stereographic_coordinates(a)
     last = torch.softmax(a, -1)[:, -1]

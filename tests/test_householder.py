@@ -1,4 +1,4 @@
-"""HouseholderActivation (Singla et al. 2022; seed 004): GNP, 1-Lipschitz, MaxMin at init."""
+"""HouseholderActivation (Singla et al. 2022): GNP, 1-Lipschitz, MaxMin at init."""
 import math
 
 import pytest

@@ -218,7 +218,7 @@ def test_randomized_has_zero_mean_on_isometry():
         assert abs(float(draws.mean())) <= 5 * float(draws.std()) / math.sqrt(2000)  # ... their mean is
 
 
-# ----------------------------------------------------------------- the seed's coordinates
+# -------------------------------------------- the stereographic coordinates of Shi-Garrier et al.
 def test_relation_to_seed_stereographic_form():
     net = _mlp(C=4)
     x = torch.randn(5, 6, generator=_gen(10), dtype=D64)

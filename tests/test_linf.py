@@ -1,4 +1,4 @@
-"""L1-ball projection, LInfLinear, ∞→∞ bounds and the L∞ margin certificate (issue 9, seed 004)."""
+"""L1-ball projection, LInfLinear, ∞→∞ bounds and the L∞ margin certificate (Anil, Lucas & Grosse 2019)."""
 import itertools
 import math
 
@@ -214,7 +214,7 @@ def test_linf_margin_constant_is_tight_and_seed_constant_is_not_sound():
     logits = layer(x)
     r = float(certified_radius_linf(logits, K)[0])
     assert r == pytest.approx(0.3, rel=1e-5) and r <= 0.3
-    # the seed's condition M > Kε/2 would certify ε = 1.1 (M = 0.6 > 0.55): the attack breaks it
+    # the sometimes-stated condition M > Kε/2 would certify ε = 1.1 (M = 0.6 > 0.55): the attack breaks it
     eps = 1.1
     assert float(logits[0, 0] - logits[0, 1]) > K * eps / 2
     x_adv = x - torch.tensor([[eps, 0.0]], dtype=torch.float64)
@@ -254,7 +254,7 @@ def test_linf_certificate_survives_pgd_on_trained_net():
     assert bool(((adv - x).abs().amax(1) <= r * 0.999 + 1e-12).all())
     with torch.no_grad():
         assert bool((net(adv).argmax(1) == y).all())
-    # the attack has teeth: at 4× the radius (the seed's Kε/2 condition) it flips some points
+    # the attack has teeth: at 4× the radius (the too-optimistic Kε/2 condition) it flips some points
     adv4 = attacks.pgd_attack(net, x, y, eps=r * 4, norm="linf", steps=50, domain=None,
                               generator=torch.Generator().manual_seed(9))
     with torch.no_grad():

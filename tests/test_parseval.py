@@ -1,4 +1,4 @@
-"""Parseval penalty and retraction (Cissé et al. 2017; seeds 002, 004)."""
+"""Parseval penalty and retraction (Cissé et al. 2017)."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis, issue 8), deterministic (``derandomize=True``) and small.
+"""Property-based tests (hypothesis), deterministic (``derandomize=True``) and small.
 
 For random layer configurations, random weights (after a few random optimizer-like
 perturbations and retractions) and random input pairs:

@@ -1,4 +1,4 @@
-"""Mean certifiable robustness (seed 004 §2.1.3, Béthune et al. 2022): signed radii vs geometry and attacks."""
+"""Mean certifiable robustness (Béthune et al. 2022): signed radii vs geometry and attacks."""
 import math
 
 import pytest

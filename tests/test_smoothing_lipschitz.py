@@ -1,4 +1,4 @@
-"""x ↦ σΦ⁻¹(p_A(x)) is 1-Lipschitz for Gaussian smoothing (seed 004 §1.4; Salman et al. 2019).
+"""x ↦ σΦ⁻¹(p_A(x)) is 1-Lipschitz for Gaussian smoothing (Salman et al. 2019).
 
 Checked on base classifiers whose smoothed probability is closed-form (a half-space and a
 slab), and the closed form itself is checked against the library's Monte-Carlo smoothing.

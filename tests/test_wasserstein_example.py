@@ -1,4 +1,4 @@
-"""Smoke test of examples/wasserstein.py --quick (seed 004: W₁ by KR duality with GNP networks)."""
+"""Smoke test of examples/wasserstein.py --quick (W₁ by KR duality with GNP networks)."""
 import json
 import math
 import os

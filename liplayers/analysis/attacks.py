@@ -7,8 +7,8 @@ Three entry points:
 * :func:`pgd_attack` — untargeted evasion attack maximizing the margin loss
   ``max_{j≠y} f_j(x') − f_y(x')`` (positive ⇔ misclassified); for checking certificates.
 * :func:`divergence_pgd` — maximizes a divergence (Fisher–Rao, KL, Hellinger) between the
-  clean prediction ``p(x)`` and ``p(x')``: the inner maximization of FIRE (seed 001 eq. 7),
-  TRADES and the Hellinger loss (seed 001 eq. 48).
+  clean prediction ``p(x)`` and ``p(x')``: the inner maximization of FIRE (Picot et al. 2022 eq. 7),
+  TRADES and the Hellinger loss (Picot et al. 2022 eq. 48).
 
 Conventions shared by all three
 -------------------------------
@@ -281,8 +281,8 @@ def divergence_pgd(
 ) -> Tensor:
     r"""PGD maximizing ``D(p(x), p(x'))`` with ``p(x)`` the (detached) clean prediction.
 
-    ``divergence``: ``"fisher_rao"`` (FIRE, seed 001 eq. 7), ``"kl"`` (TRADES,
-    ``KL(p(x) ‖ p(x'))``) or ``"hellinger"`` (seed 001 eq. 48).  The Fisher–Rao and
+    ``divergence``: ``"fisher_rao"`` (FIRE, Picot et al. 2022 eq. 7), ``"kl"`` (TRADES,
+    ``KL(p(x) ‖ p(x'))``) or ``"hellinger"`` (Picot et al. 2022 eq. 48).  The Fisher–Rao and
     Hellinger distances are used unsquared (same maximizer as the square; the square has a
     vanishing gradient near ``x' = x``).  Since ``d_FR = 4 arcsin(H/2)`` is an increasing
     function of the Hellinger distance ``H`` and the steps use only the gradient's direction

@@ -1,18 +1,21 @@
-r"""Curvature of decision boundaries near inputs (seed 003 §2.3 and §3, eqs. 5–7).
+r"""Curvature of decision boundaries near inputs.
+
+Fawzi, Moosavi-Dezfooli, Frossard & Soatto, "Empirical study of the topology and geometry of
+deep networks", CVPR 2018; Moosavi-Dezfooli, Fawzi, Uesato & Frossard, "Robustness via curvature
+regularization, and vice versa", CVPR 2019.
 
 All functions are pure functions of ``(model, x)``: the model maps a batch ``(B, *shape)``
 to logits ``(B, C)`` and is used as given (put it in eval mode yourself; no parameter
 ``.grad`` is touched).  Inputs are flattened to ``d = prod(shape)`` coordinates.
 
-Definitions (seed 003 eqs. 5–6)
---------------------------------
+Definitions
+-----------
 For classes ``i`` (the predicted one) and ``j``, ``F = f_i − f_j`` and the pairwise decision
 boundary is ``{F = 0}``.  Near an input ``x`` we study the level set ``{z : F(z) = F(x)}``
-through ``x`` (the seed's approximation, §3.1.1; use :func:`boundary_point` to move onto
-``{F = 0}`` first).  With ``n = ∇F/‖∇F‖`` and ``P = I − n nᵀ`` (the tangent projector —
-seed 003 notes the sign error of its reference here), the normal curvature along a
-tangent ``v`` is ``κ(v) = vᵀ H_F v / (‖v‖² ‖∇F‖)`` (eq. 5) and the **principal curvatures**
-are the ``d − 1`` eigenvalues of ``P H_F P / ‖∇F‖`` restricted to the tangent space (eq. 6).
+through ``x`` (an approximation; use :func:`boundary_point` to move onto
+``{F = 0}`` first).  With ``n = ∇F/‖∇F‖`` and ``P = I − n nᵀ`` (the tangent projector), the
+normal curvature along a tangent ``v`` is ``κ(v) = vᵀ H_F v / (‖v‖² ‖∇F‖)`` and the **principal curvatures**
+are the ``d − 1`` eigenvalues of ``P H_F P / ‖∇F‖`` restricted to the tangent space.
 We compute them as the eigenvalues of ``Qᵀ H_F Q / ‖∇F‖`` with ``Q`` (d × (d−1)) an
 orthonormal basis of ``n^⊥`` (a Householder reflection), so the spurious zero eigenvalue in
 the normal direction never appears.
@@ -22,11 +25,11 @@ from class ``i``'s side: for ``F(x) = ‖x‖² − r²`` (class ``i`` outside a
 principal curvature is ``+1/r``.
 
 **Average curvature** ``κ̄ = (1/(d−1)) Σ_l κ_l = (tr H_F − nᵀ H_F n) / ((d − 1) ‖∇F‖)``.
-Seed 003 eq. 7 quotes Goldman's formula ``(∇Fᵀ H ∇F − tr(H) ‖∇F‖²) / (2‖∇F‖³)``: that is
+Goldman's (2005) mean-curvature formula ``(∇Fᵀ H ∇F − tr(H) ‖∇F‖²) / (2‖∇F‖³)`` is
 the mean curvature of a *surface in R³* (two principal curvatures) with the opposite
 orientation, i.e. ``−(d − 1)/2 · κ̄`` in ``d`` dimensions; we use the trace form above, which
-agrees with eqs. 5–6 in every dimension (the two differ by a negative factor, so a detector
-threshold on one is a threshold on the other with the direction reversed).
+is the mean of the principal curvatures in every dimension (the two differ by a negative
+factor, so a detector threshold on one is a threshold on the other with the direction reversed).
 
 Second derivatives
 ------------------
@@ -34,14 +37,14 @@ Second derivatives
 Hessian-vector products, batched over probe vectors).  For piecewise-linear networks (ReLU,
 GroupSort/MaxMin, max-pooling) the exact Hessian is **zero almost everywhere**, so the
 curvature is only meaningful at a finite scale: ``h > 0`` replaces ``H v`` by the central
-difference of exact gradients ``(∇F(x + h v) − ∇F(x − h v)) / (2h)`` for unit ``v`` (seed 003
-§3.1.2 uses a one-sided difference with ``h = 0.1``–``1``), symmetrized — the Hessian of the
-function "seen at scale h".  For a quadratic ``F`` both agree exactly.
+difference of exact gradients ``(∇F(x + h v) − ∇F(x − h v)) / (2h)`` for unit ``v`` (a
+one-sided difference with ``h = 0.1``–``1`` is a common alternative), symmetrized — the Hessian
+of the function "seen at scale h".  For a quadratic ``F`` both agree exactly.
 
-Detector of perturbed inputs (seed 003 §2.5, §3.2.1)
-----------------------------------------------------
-:func:`curvature_score` ``= Σ_{j≠i} κ̄_j(x)`` with ``i`` the predicted class; the seed
-labels an input as perturbed when the score exceeds a threshold (it reports natural
+Detector of perturbed inputs (Fawzi et al. 2018)
+------------------------------------------------
+:func:`curvature_score` ``= Σ_{j≠i} κ̄_j(x)`` with ``i`` the predicted class; the detector
+labels an input as perturbed when the score exceeds a threshold (Fawzi et al. report natural
 inputs to have negative and adversarially perturbed ones positive average curvature), and
 :func:`estimate_original_label` proposes ``argmax_{j≠i} κ̄_j`` as the class before the attack.
 """
@@ -298,7 +301,7 @@ def _curvatures_from(J: Tensor, H: Tensor, i: Tensor, j: Tensor) -> Tuple[Tensor
 
 def principal_curvatures(model: nn.Module, x: Tensor, label: Labels = None, other: Labels = None,
                          h: Optional[float] = None, chunk_size: int = 64) -> Tensor:
-    """Principal curvatures of the level set of ``F = f_label − f_other`` through each input (eq. 6).
+    """Principal curvatures of the level set of ``F = f_label − f_other`` through each input.
 
     Args:
         model: ``(B, *shape) → (B, C)`` logits.
@@ -328,7 +331,7 @@ def average_curvature(model: nn.Module, x: Tensor, label: Labels = None, h: Opti
     """Average principal curvature ``κ̄_j`` of the boundary between ``label`` and every class ``j``.
 
     ``κ̄_j = (tr H_F − nᵀ H_F n) / ((d − 1)‖∇F‖)`` with ``F = f_label − f_j`` (module
-    docstring; not seed 003's eq. 7 literally, which is the 3-D formula with the opposite
+    docstring; not Goldman's formula literally, which is the 3-D formula with the opposite
     sign).  ``label`` defaults to the predicted class.
 
     ``num_probes=None``: exact trace from the full (scale-``h``) Hessians.  ``num_probes=k``:
@@ -392,9 +395,9 @@ def average_curvature(model: nn.Module, x: Tensor, label: Labels = None, h: Opti
 
 def curvature_score(model: nn.Module, x: Tensor, h: Optional[float] = None, chunk_size: int = 64,
                     num_probes: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Perturbed-input detector score ``Σ_{j≠i} κ̄_j(x)`` (B,), ``i`` the predicted class (seed 003 §3.2.1).
+    """Perturbed-input detector score ``Σ_{j≠i} κ̄_j(x)`` (B,), ``i`` the predicted class (Fawzi et al. 2018).
 
-    Larger means "more likely perturbed" in the seed's reading.  Arguments as in
+    Larger means "more likely perturbed" in Fawzi et al.'s reading.  Arguments as in
     :func:`average_curvature`.
     """
     kb = average_curvature(model, x, None, h, chunk_size, num_probes, generator)
@@ -403,14 +406,14 @@ def curvature_score(model: nn.Module, x: Tensor, h: Optional[float] = None, chun
 
 def estimate_original_label(model: nn.Module, x: Tensor, h: Optional[float] = None, chunk_size: int = 64,
                             num_probes: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-    """``argmax_{j≠i} κ̄_j(x)`` (B,) int64: seed 003 §3.2.2's guess of the class before an attack."""
+    """``argmax_{j≠i} κ̄_j(x)`` (B,) int64: guess of the class before an attack (Fawzi et al. 2018)."""
     kb = average_curvature(model, x, None, h, chunk_size, num_probes, generator)
     return torch.nan_to_num(kb, nan=float("-inf")).argmax(1)
 
 
 def boundary_point(model: nn.Module, x: Tensor, x_far: Tensor, label: Labels = None, other: Labels = None,
                    iterations: int = 40) -> Tuple[Tensor, Tensor]:
-    """Point of ``{f_label = f_other}`` on each segment ``[x, x_far]`` by bisection (seed 003 Fig. 2).
+    """Point of ``{f_label = f_other}`` on each segment ``[x, x_far]`` by bisection.
 
     ``x``, ``x_far``: (B, ...) (e.g. ``x_far`` an adversarial example); ``label`` defaults to
     the prediction at ``x`` and ``other`` to the prediction at ``x_far`` where it differs,

@@ -1,7 +1,7 @@
 r"""Certification: sound Lipschitz bounds, margin certificates, certified accuracy, abstention,
 randomized smoothing, and an empirical check of certificates against attacks.
 
-Soundness first (DESIGN.md): every radius comes from a *guaranteed upper bound* of the
+Soundness first: every radius comes from a *guaranteed upper bound* of the
 Lipschitz constant of the network exactly as it runs in eval mode (the weights it uses now),
 with a small documented floating-point margin; nothing is assumed 1-Lipschitz.
 
@@ -37,8 +37,8 @@ from .evaluation import (
 )
 from .margins import ABSTAIN, certified_radius, certified_radius_last_layer, predict_from_logits
 from .smoothing import SmoothedClassifier, clopper_pearson_lower
-# --- issue 9: L∞ margin certificates (.linf), mean certifiable robustness and the smoothed
-# classifier's Lipschitz bound (.robustness) ---
+# L∞ margin certificates (.linf), mean certifiable robustness and the smoothed
+# classifier's Lipschitz bound (.robustness)
 from .linf import certified_radius_linf, certify_linf, linf_margin_condition
 from .robustness import mean_certifiable_robustness, signed_certified_radius, smoothed_lipschitz_bound
 
@@ -62,7 +62,7 @@ __all__ = [
     "clopper_pearson_lower",
     "attack_check",
     "AttackCheckReport",
-    # issue 9
+    # L∞ certificates and robustness metrics
     "certified_radius_linf",
     "certify_linf",
     "linf_margin_condition",

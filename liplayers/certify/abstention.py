@@ -1,6 +1,6 @@
-r"""Abstaining classifier: predict the class ⊥ when the certificate is too small (seed 004).
+r"""Abstaining classifier: predict the class ⊥ when the certificate is too small (Béthune et al. 2022).
 
-Seed 004 (§"global robustness", and the margin classifier c_f^m of Béthune et al.): with a
+Béthune et al. ("Pay attention to your loss", NeurIPS 2022; their margin classifier c_f^m): with a
 margin m > 0, predict a class only if the prediction is certified robust at radius m, and
 ⊥ ("reject", :data:`~liplayers.certify.ABSTAIN` = −1) otherwise. For a single binary
 logit of a 1-Lipschitz network this is exactly c_f^m: +1 if f(x) ≥ m, −1 if f(x) ≤ −m, ⊥

@@ -1,4 +1,4 @@
-r"""Margin certificates for networks with an ∞→∞ Lipschitz bound (seed 004 §2.2.2, Anil et al. 2019).
+r"""Margin certificates for networks with an ∞→∞ Lipschitz bound (L∞-constrained networks of Anil, Lucas & Grosse 2019).
 
 Derivation of the constant
 --------------------------
@@ -12,9 +12,9 @@ Let the logit map ``f: (Rⁿ, ‖·‖∞) → (R^C, ‖·‖∞)`` be ``K``-Lip
 
 so the certified L∞ radius is ``M(x) / (2K)``. The constant is tight for this hypothesis: with
 ``f(x) = (x₁, −x₁)`` (``K = 1``), ``M = 2x₁`` and ``δ = −ε e₁`` lowers it by exactly ``2ε``.
-Seed 004 states ``M(x) > Kε/2``, which is 4× too optimistic for ∞-norm Lipschitz logits —
+The condition ``M(x) > Kε/2``, sometimes stated for such networks, is 4× too optimistic for ∞-norm Lipschitz logits —
 the ``tests/test_linf.py`` counterexample breaks it. (For an **L2** Lipschitz constant ``L`` the
-pairwise margin is ``√2 L``-Lipschitz and the radius is ``M/(√2 L)``, see DESIGN.md.)
+pairwise margin is ``√2 L``-Lipschitz and the radius is ``M/(√2 L)``, see :mod:`liplayers.certify.margins`.)
 
 A single logit (binary, class = sign of ``f``) moves by at most ``Kε``: radius ``|f(x)|/K``.
 
@@ -83,7 +83,7 @@ def certified_radius_linf(
     last_layer_weight: Optional[Tensor] = None,
     rtol: Optional[float] = None,
 ) -> Tensor:
-    r"""Certified L∞ radius ``M(x)/(2K)`` per sample, ``(B,)`` float64 (module docstring; seed 004 §2.2.2).
+    r"""Certified L∞ radius ``M(x)/(2K)`` per sample, ``(B,)`` float64 (see the module docstring).
 
     Args:
         logits: ``(B, C)`` with ``C ≥ 2``, or one logit per sample ``(B,)``/``(B, 1)``

@@ -1,4 +1,4 @@
-r"""Margin certificates: certified radii from logits and a Lipschitz bound (DESIGN.md).
+r"""Margin certificates: certified radii from logits and a Lipschitz bound.
 
 Multiclass (logits (B, C), C ≥ 2, predicted class y = argmax). If the logit map f is
 L-Lipschitz in L2, each difference f_y − f_j = (e_y − e_j)ᵀf is √2·L-Lipschitz, so no input

@@ -1,17 +1,17 @@
-r"""Mean certifiable robustness (Béthune et al. 2022, summarized in seed 004 §2.1.3), and the Lipschitz
-constant of a Gaussian-smoothed classifier (the question of seed 004 §1.4).
+r"""Mean certifiable robustness (Béthune et al., "Pay attention to your loss", NeurIPS 2022), and the
+Lipschitz constant of a Gaussian-smoothed classifier (Cohen, Rosenfeld & Kolter 2019; Salman et al. 2019).
 
 Mean certifiable robustness (MCR)
 ---------------------------------
 For a binary 1-Lipschitz scorer ``f`` (class = sign f) and labels ``y ∈ {−1, +1}``, ``|f(x)|`` is
-the certified radius of ``x`` and the seed defines
+the certified radius of ``x`` and Béthune et al. (2022) define
 
     R(f) = E[1{y f(x) > 0} |f(x)|] − E[1{y f(x) < 0} |f(x)|] = E[y · f(x)],
 
 i.e. the mean **signed** certified radius: positive (the radius) where ``x`` is correctly
 classified, negative (minus the radius within which it stays *mis*classified) where it is
 not — confidence in an error counts against the model. It is the KR objective, so its
-maximum over 1-Lipschitz ``f`` is ``W₁(P, Q)`` between the two classes (seed 004; see
+maximum over 1-Lipschitz ``f`` is ``W₁(P, Q)`` between the two classes (Kantorovich–Rubinstein duality; see
 ``examples/wasserstein.py``). For an ``L``-Lipschitz scorer the radius is ``|f|/L``.
 
 Multiclass analogue (defined here). With logits ``f`` that are ``L``-Lipschitz in L2, the
@@ -23,7 +23,7 @@ correct class stays on top (``s > 0``) or stays beaten by the same wrong class (
 
     MCR = E[ s(x) / (√2 L) ]   (L2),      E[ s(x) / (2K) ]   (∞ norm, K an ∞→∞ bound),
 
-which reduces to the seed's ``E[y f(x)]/L`` for a single logit. Like the binary MCR it is
+which reduces to Béthune et al.'s ``E[y f(x)]/L`` for a single logit. Like the binary MCR it is
 the Kantorovich-style objective ``E[f_y − max_{j≠y} f_j]`` up to the constant. With
 ``lipschitz=None`` the raw mean signed margin is returned (no normalization).
 
@@ -75,7 +75,7 @@ def signed_certified_radius(
             (``y f/K``), see :mod:`liplayers.certify.linf`.
 
     ``|result|`` is a radius within which the decision at ``x`` (right or wrong) cannot change.
-    Seed 004 §2.1.3 (Béthune et al. 2022).
+    Béthune et al. (2022).
     """
     L = _check_lipschitz(lipschitz)
     if norm not in ("l2", "linf"):
@@ -118,8 +118,8 @@ def mean_certifiable_robustness(
 ) -> Tensor:
     r"""Mean certifiable robustness: the mean of :func:`signed_certified_radius`, a 0-d tensor.
 
-    Binary single logit with ``lipschitz=1``: exactly ``E[y·f(x)]`` (seed 004 §2.1.3,
-    Béthune et al. 2022); multiclass: ``E[(f_y − max_{j≠y} f_j)/(√2 L)]`` (L2) or ``/(2K)`` (L∞),
+    Binary single logit with ``lipschitz=1``: exactly ``E[y·f(x)]`` (Béthune et al.
+    2022); multiclass: ``E[(f_y − max_{j≠y} f_j)/(√2 L)]`` (L2) or ``/(2K)`` (L∞),
     see the module docstring. Differentiable (``−MCR`` is a KR-type loss).
     """
     return signed_certified_radius(logits, labels, lipschitz, norm).mean()
@@ -130,8 +130,8 @@ def smoothed_lipschitz_bound(sigma: float, scale: str = "probit") -> float:
 
     ``scale="probit"``: ``x ↦ σ·Φ⁻¹(p_A(x))`` is 1-Lipschitz (returns 1.0; Salman et al. 2019,
     tight); ``scale="probability"``: ``x ↦ p_A(x)`` is ``1/(σ√(2π))``-Lipschitz. ``sigma`` is the
-    noise standard deviation (input units, > 0). See the module docstring; seed 004 §1.4 asks
-    the question, seed 002 describes the smoothing.
+    noise standard deviation (input units, > 0). See the module docstring and
+    :class:`liplayers.certify.SmoothedClassifier` (Cohen, Rosenfeld & Kolter 2019).
     """
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")

@@ -1,10 +1,10 @@
-r"""Randomized smoothing (Cohen, Rosenfeld & Kolter, 2019; seed 002 "Randomized smoothing").
+r"""Randomized smoothing (Cohen, Rosenfeld & Kolter, ICML 2019).
 
 The smoothed classifier of a base classifier h and a noise level σ is
 
     g(x) = argmax_c P_{ε ~ N(0, σ²I)} [h(x + ε) = c].
 
-By the Neyman–Pearson lemma (seed 002), if the top class A has probability p_A ≥ p̲_A > ½
+By the Neyman–Pearson lemma, if the top class A has probability p_A ≥ p̲_A > ½
 then g predicts A on the whole L2 ball of radius σ Φ⁻¹(p̲_A) around x (Cohen et al., Thm. 1
 with p̄_B = 1 − p̲_A). The probabilities are estimated by Monte Carlo:
 
@@ -190,7 +190,7 @@ class SmoothedClassifier:
         return pred, radius
 
     def lipschitz_bound(self, scale: str = "probit") -> float:
-        r"""L2 Lipschitz constant of the smoothed class probability (issue 9; seed 004 §1.4 asks).
+        r"""L2 Lipschitz constant of the smoothed class probability.
 
         ``scale="probit"``: ``x ↦ σ·Φ⁻¹(p_c(x))`` is 1-Lipschitz for every class ``c``
         (Salman et al. 2019; tight for a half-space base classifier) — the fact behind the

@@ -4,15 +4,20 @@ All functions are batched: the **last dimension indexes the classes** and every 
 dimension is a batch dimension.  Inputs are logits (``from_logits=True``, the default) or
 probability vectors (``from_logits=False``).
 
+References: Shi-Garrier, Bouaynaya & Delahaye, "Adversarial Robustness with Partial
+Isometry", Entropy 2024 (ISO); Picot et al., "Adversarial Robustness via Fisher-Rao
+Regularization", IEEE TPAMI 2022 (FIRE).  Equation numbers below are those of these papers.
+
 Geometry used throughout
 ------------------------
 The Fisher information metric on the open simplex,
-``g = sum_i dθ_i² / θ_i`` (seed 000 eq. 2, seed 001 Sec. 6.1), becomes the Euclidean metric
-of the sphere of radius 2 in the square-root coordinates ``μ = 2√θ`` (seed 000 eq. 11):
+``g = sum_i dθ_i² / θ_i`` (Shi-Garrier et al. 2024 eq. 2; Picot et al. 2022 Sec. 6.1), becomes
+the Euclidean metric of the sphere of radius 2 in the square-root coordinates ``μ = 2√θ``
+(Shi-Garrier et al. 2024 eq. 11):
 ``dμ_i = dθ_i / √θ_i``.  Hence the Fisher–Rao (geodesic) distance is the arc length on that
 sphere,
 
-    d(p, q) = 2·arccos( Σ_i √(p_i q_i) )                    (seed 001 eq. 15)
+    d(p, q) = 2·arccos( Σ_i √(p_i q_i) )                    (Picot et al. 2022 eq. 15)
             = 4·arcsin( ‖√p − √q‖₂ / 2 ),
 
 the second form being the chord-to-arc conversion (‖√p‖ = ‖√q‖ = 1 and
@@ -24,11 +29,11 @@ probability is ever differentiated.  Because ``‖√p − √q‖ ≤ √2`` fo
 vectors, the arcsin argument never exceeds 1/√2: value and gradient are finite everywhere
 and d ∈ [0, π], with d = π exactly for disjoint supports.
 
-Two constants that seed 000 conflates
--------------------------------------
-* :func:`delta_m` — ``δ_m = 2·arccos(1/√(m+1))`` with ``m + 1`` classes (seed 000 eq. 5 as
-  printed).  It is the Fisher–Rao distance from a vertex of the simplex to its centre (the
-  uniform distribution).  Seed 000 calls it the largest distance to the decision
+Two constants that Shi-Garrier et al. (2024) conflate
+-----------------------------------------------------
+* :func:`delta_m` — ``δ_m = 2·arccos(1/√(m+1))`` with ``m + 1`` classes (Shi-Garrier et al.
+  2024 eq. 5 as printed).  It is the Fisher–Rao distance from a vertex of the simplex to its
+  centre (the uniform distribution).  The paper calls it the largest distance to the decision
   boundaries; that is only true for two classes.
 * :func:`max_boundary_distance` — ``π/2`` for every number of classes: the largest
   Fisher–Rao distance from a point of the simplex to the **argmax decision boundary**
@@ -63,7 +68,7 @@ __all__ = [
 ]
 
 #: Largest Fisher–Rao distance from a point of the simplex to the argmax decision boundary
-#: (any number of classes ≥ 2).  Not the seed's δ_m; see :func:`max_boundary_distance`.
+#: (any number of classes ≥ 2).  Not the δ_m of Shi-Garrier et al. (2024); see :func:`max_boundary_distance`.
 MAX_BOUNDARY_DISTANCE: float = math.pi / 2
 
 
@@ -140,22 +145,22 @@ def sqrt_probabilities(a: Tensor, from_logits: bool = True, *, validate: bool = 
 
 
 def sphere_coordinates(a: Tensor, from_logits: bool = True, *, validate: bool = True) -> Tensor:
-    """Square-root coordinates ``μ = 2√p`` of seed 000 §3.4 (all m+1 classes kept).
+    """Square-root coordinates ``μ = 2√p`` (Shi-Garrier et al. 2024 §3.4), all m+1 classes kept.
 
     Shape of ``a``.  ``μ`` lies on the sphere of radius 2, on which the Fisher information
-    metric is the induced Euclidean metric (seed 000 eq. 11).
+    metric is the induced Euclidean metric (Shi-Garrier et al. 2024 eq. 11).
     """
     return 2.0 * sqrt_probabilities(a, from_logits, validate=validate)
 
 
 def stereographic_coordinates(a: Tensor, from_logits: bool = True, *, validate: bool = True) -> Tensor:
-    r"""Stereographic coordinates ``t = 2μ_{1:m} / (2 − μ_{m+1})`` of seed 000 §3.4.
+    r"""Stereographic coordinates ``t = 2μ_{1:m} / (2 − μ_{m+1})`` (Shi-Garrier et al. 2024 §3.4).
 
     Input ``(..., m+1)``, output ``(..., m)``.  Projection from the pole ``μ = 2e_{m+1}``
     (the vertex of the **last** class).  In these coordinates the Fisher metric is
-    ``4/(1 + ‖t/2‖²)² · Σ dt_i²`` (seed 000 eq. 12) and ``1 + ‖t/2‖² = 2/(1 − √θ_{m+1})``,
+    ``4/(1 + ‖t/2‖²)² · Σ dt_i²`` (Shi-Garrier et al. 2024 eq. 12) and ``1 + ‖t/2‖² = 2/(1 − √θ_{m+1})``,
     which blows up when the last class is predicted with confidence.  Provided to reproduce
-    and test seed 000; the library's ISO regularizer works in ``μ`` instead.
+    and test the paper's formulation; the library's ISO regularizer works in ``μ`` instead.
     """
     mu = sphere_coordinates(a, from_logits, validate=validate)
     if mu.shape[-1] < 2:
@@ -172,7 +177,7 @@ def bhattacharyya_coefficient(a: Tensor, b: Tensor, from_logits: bool = True, *,
 
 
 def fisher_rao_distance(a: Tensor, b: Tensor, from_logits: bool = True, *, validate: bool = True) -> Tensor:
-    r"""Fisher–Rao distance between categorical distributions (seed 001 eq. 15).
+    r"""Fisher–Rao distance between categorical distributions (Picot et al. 2022 eq. 15).
 
     ``d(p, q) = 2 arccos Σ √(p_i q_i) = 4 arcsin(‖√p − √q‖₂ / 2)``, evaluated in the arcsin
     form (see the module docstring): finite value and gradient everywhere, including
@@ -186,7 +191,7 @@ def fisher_rao_distance(a: Tensor, b: Tensor, from_logits: bool = True, *, valid
     Returns:
         Tensor of shape ``(...)``, values in ``[0, π]`` (radians of arc on the sphere of
         radius 2, the natural unit of the Fisher metric).  ``KL ≈ d²/2`` for close
-        distributions (seed 001 eq. 17).
+        distributions (Picot et al. 2022 eq. 17).
 
     Raises:
         ValueError: mismatched shapes/dtypes, non-finite entries, or probabilities that are
@@ -200,13 +205,13 @@ def fisher_rao_distance(a: Tensor, b: Tensor, from_logits: bool = True, *, valid
 
 
 def fisher_rao_distance_binary(h1: Tensor, h2: Tensor, *, validate: bool = True) -> Tensor:
-    r"""Fisher–Rao distance of the binary model ``q(y|x) = 1/(1 + e^{−y·h})`` (seed 001 eq. 9).
+    r"""Fisher–Rao distance of the binary model ``q(y|x) = 1/(1 + e^{−y·h})`` (Picot et al. 2022 eq. 9).
 
     ``d = 2·|arctan(e^{h2/2}) − arctan(e^{h1/2})|`` for real logits ``h1, h2`` of the same
     shape (any shape; no class dimension).  Evaluated overflow-free through
     ``arctan(e^{z/2}) = π/4 + arctan(tanh(z/4))``.  Equals :func:`fisher_rao_distance` of the
-    two-class logits ``[0, h]`` (seed 001 eq. 40) and satisfies ``d ≤ ½|h2 − h1|``
-    (seed 001 Prop. 1).
+    two-class logits ``[0, h]`` (Picot et al. 2022 eq. 40) and satisfies ``d ≤ ½|h2 − h1|``
+    (Picot et al. 2022 Prop. 1).
     """
     if validate:
         for name, h in (("h1", h1), ("h2", h2)):
@@ -224,7 +229,7 @@ def kl_divergence(a: Tensor, b: Tensor, from_logits: bool = True, *, validate: b
 
     ``p`` from ``a``, ``q`` from ``b``; shape ``(...)``.  Terms with ``p_i = 0`` count 0;
     with probabilities, ``q_i = 0 < p_i`` gives ``+inf``.  TRADES uses
-    ``KL(p(x) ‖ p(x'))`` (clean first).  ``1 − cos(d/2) ≤ KL/2`` (seed 001 Thm. 3).
+    ``KL(p(x) ‖ p(x'))`` (clean first).  ``1 − cos(d/2) ≤ KL/2`` (Picot et al. 2022 Thm. 3).
     """
     if validate:
         _check_pair(a, b, from_logits)
@@ -236,10 +241,10 @@ def kl_divergence(a: Tensor, b: Tensor, from_logits: bool = True, *, validate: b
 
 
 def hellinger_distance(a: Tensor, b: Tensor, from_logits: bool = True, *, validate: bool = True) -> Tensor:
-    r"""Hellinger distance as in seed 001 eq. 46: ``H = √2·(1 − Σ√(p_i q_i))^{1/2} = ‖√p − √q‖₂``.
+    r"""Hellinger distance as in Picot et al. (2022) eq. 46: ``H = √2·(1 − Σ√(p_i q_i))^{1/2} = ‖√p − √q‖₂``.
 
     Shape ``(...)``, values in ``[0, √2]`` (note: some texts include a factor 1/√2).
-    ``H² = 2(1 − cos(d/2))`` (seed 001 eq. 47), so ``H² ≈ d²/4`` for close distributions.
+    ``H² = 2(1 − cos(d/2))`` (Picot et al. 2022 eq. 47), so ``H² ≈ d²/4`` for close distributions.
     Computed as the norm of ``√p − √q`` (no cancellation); its gradient at ``p = q`` is 0.
     """
     if validate:
@@ -257,13 +262,13 @@ def _check_num_classes(num_classes) -> int:
 
 
 def delta_m(num_classes: int) -> float:
-    r"""Seed 000's constant ``δ_m = 2·arccos(1/√(m+1))`` (eq. 5 as printed), ``m+1 = num_classes``.
+    r"""``δ_m = 2·arccos(1/√(m+1))``, ``m+1 = num_classes`` (Shi-Garrier et al. 2024, eq. 5 as printed).
 
     This is the Fisher–Rao distance from a vertex of the simplex to the uniform
-    distribution.  Seed 000 states it is ``sup_θ d(θ, B)``; for the argmax decision
+    distribution.  The paper states it is ``sup_θ d(θ, B)``; for the argmax decision
     boundary that supremum is ``π/2`` for every number of classes
     (:func:`max_boundary_distance`), which equals ``δ_m`` only for two classes
-    (``δ_m > π/2`` for three or more).  Kept to reproduce the seed (ISO's default scale
+    (``δ_m > π/2`` for three or more).  Kept to reproduce the paper (ISO's default scale
     ``K = δ_m/ε`` uses it).
     """
     n = _check_num_classes(num_classes)

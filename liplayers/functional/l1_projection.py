@@ -8,8 +8,8 @@ For ``v ∈ Rⁿ`` and a radius ``r > 0`` the projection onto ``B₁(r) = {w : �
 where ``τ > 0`` is the unique root of the convex, decreasing, piecewise-linear function
 ``φ(τ) = Σ_i max(|v_i| − τ, 0) − r`` (soft thresholding; Duchi et al. 2008, Condat 2016).
 A dense layer whose weight has every row in ``B₁(1)`` has ``‖W‖_{∞→∞} = max_i ‖w_i‖₁ ≤ 1``:
-this is the L∞ weight constraint of Anil et al. (2019) summarized in seed 004 §2.2.2,
-which points to Condat (2016) for the projection.
+this is the L∞ weight constraint of Anil, Lucas & Grosse (2019); Condat (2016) gives a fast
+algorithm for the projection.
 
 Three ways to find ``τ`` (``method=``), all giving the same projection:
 
@@ -193,7 +193,8 @@ def project_l1_ball(v: Tensor, radius: float = 1.0, dim: int = -1, method: str =
         Tensor of ``v``'s shape and dtype. Rows inside the ball are returned unchanged.
         Differentiable with the exact almost-everywhere Jacobian (module docstring).
 
-    The maths: seed 004 §2.2.2 (L∞-constrained weights, Condat 2016); Duchi et al. 2008.
+    The maths: L∞-constrained weights of Anil, Lucas & Grosse (2019); projection of Duchi et al.
+    (2008) and Condat (2016).
     """
     r = _check(v, radius, method)
     if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:

@@ -1,19 +1,20 @@
-r"""Information-geometric adversarial losses: FIRE, TRADES, Hellinger (seed 001).
+r"""Information-geometric adversarial losses: FIRE, TRADES, Hellinger.
 
-All three compute, per sample,
+Picot et al., "Adversarial Robustness via Fisher-Rao Regularization", IEEE TPAMI 2022 (FIRE);
+Zhang et al., ICML 2019 (TRADES).  All three compute, per sample,
 
-    loss(x, y) = CE(f(x), y) + λ · D(p(x), p(x'))                   (seed 001 eq. 7)
+    loss(x, y) = CE(f(x), y) + λ · D(p(x), p(x'))            (Picot et al. 2022 eq. 7)
 
 with ``x'`` obtained by PGD (:func:`liplayers.analysis.attacks.divergence_pgd`) maximizing the same
 divergence from the (detached) clean prediction within ``B_p(x, ε) ∩ domain``:
 
-======================  =============================  ==============================
+======================  =============================  =============================================
 class                   D                              reference
-======================  =============================  ==============================
-:class:`FIRELoss`       ``d_FR²`` (Fisher–Rao, sq.)    seed 001 eq. 7, default λ = 12
-:class:`TRADESLoss`     ``KL(p(x) ‖ p(x'))``           TRADES / seed 001 eq. 5, λ = 6
-:class:`HellingerLoss`  ``H²`` (seed 001 eq. 46)       seed 001 eq. 48, default λ = 12
-======================  =============================  ==============================
+======================  =============================  =============================================
+:class:`FIRELoss`       ``d_FR²`` (Fisher–Rao, sq.)    Picot et al. 2022 eq. 7, default λ = 12
+:class:`TRADESLoss`     ``KL(p(x) ‖ p(x'))``           TRADES / Picot et al. 2022 eq. 5, λ = 6
+:class:`HellingerLoss`  ``H²`` (Picot et al. eq. 46)   Picot et al. 2022 eq. 48, default λ = 12
+======================  =============================  =============================================
 
 Near ``x' = x`` the three agree up to constants: ``KL ≈ d²/2`` and ``H² ≈ d²/4``.
 Gradients flow through both ``p(x)`` and ``p(x')`` (as in TRADES); ``x'`` itself is a
@@ -118,7 +119,7 @@ _ARGS_DOC = """
         lam: trade-off weight ``λ ≥ 0`` (default {lam}).
         eps: attack radius in input units (default 8/255).
         norm: ``"linf"`` (default) or ``"l2"``.
-        steps: PGD steps (default 10; seed 001 uses 40 on MNIST).
+        steps: PGD steps (default 10; Picot et al. 2022 use 40 on MNIST).
         step_size: PGD step; default ``2.5·eps/steps``.
         domain: input box ``(low, high)`` or ``None``.
         random_start: PGD random start (keep it: the divergence has zero gradient at ``x' = x``).
@@ -131,7 +132,7 @@ _ARGS_DOC = """
 
 
 class FIRELoss(_DivergenceRegularizedLoss):
-    __doc__ = r"""FIRE (seed 001 eq. 7): ``CE(x) + λ·d_FR²(p(x), p(x'))``, ``x'`` by PGD on ``d_FR``.""" + _ARGS_DOC.format(lam=12)
+    __doc__ = r"""FIRE (Picot et al. 2022 eq. 7): ``CE(x) + λ·d_FR²(p(x), p(x'))``, ``x'`` by PGD on ``d_FR``.""" + _ARGS_DOC.format(lam=12)
     divergence = "fisher_rao"
     default_lam = 12.0
 
@@ -149,7 +150,7 @@ class TRADESLoss(_DivergenceRegularizedLoss):
 
 
 class HellingerLoss(_DivergenceRegularizedLoss):
-    __doc__ = r"""Hellinger (seed 001 eq. 48): ``CE(x) + λ·H²(p(x), p(x'))``, ``x'`` by PGD on ``H``.""" + _ARGS_DOC.format(lam=12)
+    __doc__ = r"""Hellinger (Picot et al. 2022 eq. 48): ``CE(x) + λ·H²(p(x), p(x'))``, ``x'`` by PGD on ``H``.""" + _ARGS_DOC.format(lam=12)
     divergence = "hellinger"
     default_lam = 12.0
 

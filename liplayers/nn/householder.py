@@ -1,6 +1,6 @@
 r"""Householder activation (Singla, Singla & Feizi 2022), a learned gradient-norm-preserving activation.
 
-Seed 004 (§2.1.5) notes that GroupSort is a special case of a Householder reflection; Singla
+GroupSort on pairs (MaxMin) is a special case of a Householder reflection; Singla
 et al. ("Improved deterministic l2 robustness on CIFAR-10 and CIFAR-100", ICLR 2022) make the
 reflection learnable. Channels are split into pairs ``z = (a, b)`` — channel ``i`` with channel
 ``i + C/2`` along ``dim``, as in the authors' implementation — and each pair has a unit normal
@@ -61,7 +61,7 @@ def householder_activation(x: Tensor, phi: Tensor, dim: int = 1) -> Tensor:
 
 
 class HouseholderActivation(LipschitzModule):
-    r"""Learned Householder activation of order 1 (Singla et al. 2022; seed 004), see module docstring.
+    r"""Learned Householder activation of order 1 (Singla et al. 2022), see module docstring.
 
     Shapes: any input with ``channels`` (even) entries along ``dim`` (``dim=1`` for images
     ``(B, C, H, W)``, ``dim=-1`` for features ``(B, C)``); output has the same shape.

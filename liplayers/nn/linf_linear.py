@@ -42,7 +42,7 @@ class LInfLinear(_ParametrizedLinear):
     Drop-in for ``nn.Linear`` (same arguments, ``weight``/``bias``); shapes
     ``(*, in_features) → (*, out_features)``. The weight is read through :class:`L1BallRows`
     (Euclidean projection of each row onto the L1 ball in the forward pass), so
-    ``‖W‖_{∞→∞} = max_i ‖w_i‖₁ ≤ radius`` (seed 004 §2.2.2, Anil et al. 2019). Two bounds:
+    ``‖W‖_{∞→∞} = max_i ‖w_i‖₁ ≤ radius`` (Anil, Lucas & Grosse 2019). Two bounds:
 
     * :meth:`linf_lipschitz_bound`: ∞→∞ bound, the measured max row L1 norm of the weight used
       in eval mode (guaranteed upper bound, see :func:`linf_operator_norm`).

@@ -15,7 +15,7 @@ __all__ = ["L1BallRows"]
 class L1BallRows(nn.Module):
     r"""Parametrization ``W = P_{B₁(r)}(V)`` row by row: every row of W has L1 norm ≤ ``radius``.
 
-    Hence ``‖W‖_{∞→∞} ≤ radius`` (seed 004 §2.2.2, Anil et al. 2019; projection of Condat 2016,
+    Hence ``‖W‖_{∞→∞} ≤ radius`` (Anil, Lucas & Grosse 2019; projection of Condat 2016,
     see :func:`~liplayers.functional.project_l1_ball`). The projection is applied in the forward
     pass (V is stored free, gradients flow through the projection's exact a.e. Jacobian). In
     eval mode the projected weight is cached per version of V.

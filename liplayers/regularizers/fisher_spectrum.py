@@ -1,9 +1,10 @@
 r"""Spectrum of the pulled-back Fisher metric, the data rank, and Shen et al.'s largest-eigenvalue penalty.
 
-Seed 000 §2.3 and §3.2. For a classifier ``F: Rⁿ → Δ^m`` (softmax over ``C = m+1`` classes) the
+Shi-Garrier, Bouaynaya & Delahaye, "Adversarial Robustness with Partial Isometry", Entropy 2024,
+§2.3 and §3.2 (equation numbers below are theirs). For a classifier ``F: Rⁿ → Δ^m`` (softmax over ``C = m+1`` classes) the
 Fisher information metric of the categorical distribution, pulled back to the input space, is
 
-    G̃_x = J_xᵀ G_{F(x)} J_x                                          (seed 000 eq. 3)
+    G̃_x = J_xᵀ G_{F(x)} J_x                                          (eq. 3)
 
 with ``J_x = ∂θ/∂x`` in any chart ``θ`` of the simplex and ``G`` the Fisher metric in that chart
 (eq. 2 for ``θ = (p_1, …, p_m)``). In the square-root coordinates ``μ = 2√p`` the metric is the
@@ -23,7 +24,7 @@ classes, no chart, no pole) — this is how everything here is computed
   along the worst unit input direction: to first order
   ``d_FR(F(x), F(x + εv)) ≈ ε √(vᵀ G̃_x v) ≤ ε √λ_max``. Shen et al. (2019, "Defending
   against adversarial attacks by suppressing the largest eigenvalue of Fisher information
-  matrix", seed 000 ref. [3]) penalize it; ISO (:mod:`liplayers.regularizers.iso`) instead
+  matrix") penalize it; ISO (:mod:`liplayers.regularizers.iso`) instead
   equalizes all the non-zero eigenvalues.
 
 ``estimator="exact"`` uses the full Jacobian (``C`` reverse passes, vmapped); ``"power"`` runs
@@ -66,7 +67,7 @@ def fisher_spectrum(model: nn.Module, x: Tensor) -> Tensor:
     ``n − r`` eigenvalues are exactly 0, and at least one of the ``r`` returned is 0 up to
     rounding when ``n ≥ C`` (rank ≤ ``C − 1``, see the module docstring). Units: squared
     Fisher–Rao length per squared input length. Differentiable w.r.t. the model parameters
-    (``torch.linalg.eigvalsh`` of the ``C × C`` matrix ``J_μJ_μᵀ``). Seed 000 eq. 3, §3.2.
+    (``torch.linalg.eigvalsh`` of the ``C × C`` matrix ``J_μJ_μᵀ``). Shi-Garrier et al. 2024, eq. 3, §3.2.
     """
     _check_x(x)
     J = sqrt_prob_jacobian(model, x)  # (B, C, n)
@@ -83,7 +84,7 @@ def fisher_eigendecomposition(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tens
 
     From the thin SVD ``J_μ = U S Vᵀ``: eigenvalues ``S²``, eigenvectors the columns of ``V``
     (input space, ``n = x[0].numel()`` flattened features). The eigenvectors with non-zero
-    eigenvalue form an orthonormal basis of ``D_x`` (seed 000 eq. 4); the top one is the input
+    eigenvalue form an orthonormal basis of ``D_x`` (Shi-Garrier et al. 2024 eq. 4); the top one is the input
     direction that moves the prediction fastest in Fisher–Rao distance. Not meant for
     backpropagation (SVD gradients are unstable at repeated singular values): the results are
     detached.
@@ -96,7 +97,7 @@ def fisher_eigendecomposition(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tens
 
 
 def data_rank(model: nn.Module, x: Tensor, rtol: Optional[float] = None) -> Tensor:
-    r"""Dimension of ``D_x = (ker G̃_x)^⊥`` per sample, ``(B,)`` int64 (seed 000 §2.3, eq. 4).
+    r"""Dimension of ``D_x = (ker G̃_x)^⊥`` per sample, ``(B,)`` int64 (Shi-Garrier et al. 2024 §2.3, eq. 4).
 
     The numerical rank of ``J_μ``, as ``torch.linalg.matrix_rank`` computes it: the number of
     singular values ``σ_i = √λ_i > rtol · σ_max`` (default ``rtol = C · eps(dtype)``). Always
@@ -126,7 +127,7 @@ def fisher_max_eigenvalue(
 ) -> Tensor:
     r"""Largest eigenvalue ``λ_max(J_μᵀJ_μ)`` of the pulled-back Fisher metric per sample, ``(B,)``.
 
-    The quantity Shen et al. (2019) suppress (seed 000 §3.2). Differentiable w.r.t. the model
+    The quantity Shen et al. (2019) suppress (Shi-Garrier et al. 2024 §3.2). Differentiable w.r.t. the model
     parameters.
 
     Args:
@@ -167,7 +168,7 @@ def fisher_max_eigenvalue(
 
 
 class FisherEigenvalueLoss(nn.Module):
-    r"""``CE(F(x), y) + η · λ_max(J_μᵀJ_μ)`` — Shen et al.'s (2019) regularized loss (seed 000 §3.2).
+    r"""``CE(F(x), y) + η · λ_max(J_μᵀJ_μ)`` — Shen et al.'s (2019) regularized loss (Shi-Garrier et al. 2024 §3.2).
 
     Args:
         eta: weight ``η ≥ 0`` of the largest-eigenvalue penalty.

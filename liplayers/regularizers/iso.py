@@ -1,36 +1,39 @@
-r"""ISO: partial-isometry regularization in the Fisher information metric (seed 000).
+r"""ISO: partial-isometry regularization in the Fisher information metric.
+
+Shi-Garrier, Bouaynaya & Delahaye, "Adversarial Robustness with Partial Isometry", Entropy 2024;
+equation numbers below are those of that paper.
 
 Coordinate-free statement (what is implemented)
 -----------------------------------------------
 Let ``F`` be the model (softmax of the logits), ``μ = 2√p ∈ R^{m+1}`` its square-root
 coordinates with **all** ``m+1`` classes kept, and ``J_μ = ∂μ/∂x`` of shape
 ``(m+1) × n`` (``n`` = number of input features).  On the sphere ``‖μ‖ = 2`` the Fisher
-metric is the Euclidean metric (seed 000 eq. 11), so the pull-back of the Fisher metric to
-the input space is ``G̃ = J_μᵀ J_μ`` (seed 000 eq. 3) — no coordinate is dropped and
+metric is the Euclidean metric (eq. 11), so the pull-back of the Fisher metric to
+the input space is ``G̃ = J_μᵀ J_μ`` (eq. 3) — no coordinate is dropped and
 nothing blows up.  Since ``‖μ‖² = 4`` is constant, ``μᵀ J_μ = 0``: the rows of ``J_μ`` span
 (a subspace of) the tangent space ``T_μ = μ^⊥`` whose orthogonal projector is
 ``P_μ = I − μμᵀ/4``.
 
 The partial-isometry condition with length factor ``K`` — "the differential multiplies
-Euclidean lengths by ``K`` on ``(ker J_μ)^⊥``" (seed 000 eq. 7 with lengths, as used in
-its eq. 13) — is::
+Euclidean lengths by ``K`` on ``(ker J_μ)^⊥``" (eq. 7 with lengths, as used in
+eq. 13) — is::
 
     J_μ J_μᵀ = K² · P_μ                                             (★)
 
 equivalently: ``G̃`` has exactly ``m`` non-zero eigenvalues, all equal to ``K²``
-(seed 000 eq. 9).  The regularizer measures the deviation from (★)::
+(eq. 9).  The regularizer measures the deviation from (★)::
 
     α(x, F) = ε² · ‖ J_μ J_μᵀ − K² P_μ ‖_F                           (this module)
 
-with the seed's ``ε²`` prefactor ("to compensate the 1/ε²", seed 000 after eq. 14).
+with the paper's ``ε²`` prefactor (which compensates the ``1/ε²`` of ``K²``, after eq. 14).
 ``α ≥ 0`` and ``α = 0`` iff (★) holds.  Default ``K = δ_m/ε`` with
-``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.functional.geometry.delta_m`, the seed's constant;
+``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.functional.geometry.delta_m`, the paper's constant;
 :func:`liplayers.functional.geometry.max_boundary_distance` ``= π/2`` is the distance to the
 argmax decision boundary, pass ``scale=(π/2)/ε`` to use it).
 
-Relation to seed 000 eqs. 12–15
--------------------------------
-The seed writes the condition in stereographic coordinates
+Relation to eqs. 12–15 of the paper
+-----------------------------------
+The paper writes the condition in stereographic coordinates
 ``t = 2μ_{1:m}/(2 − μ_{m+1})`` where ``g = λ(t)² Σ dt_i²`` with
 ``λ = 2/(1 + ‖t/2‖²)`` (eq. 12).  Writing ``J̃ = ∂t/∂x`` and ``R`` for the isometry
 ``T_μ → R^m`` given by ``dt = R dμ / λ``, one gets ``J̃J̃ᵀ = R (J_μJ_μᵀ) Rᵀ / λ²``, so (★)
@@ -40,14 +43,14 @@ is ``J̃J̃ᵀ = (K/λ)² I_m`` — the first display after eq. 12 — and since
     J̃J̃ᵀ = K² / (1 − √θ_{m+1})² · I_m.                             (13, corrected)
 
 The printed eq. 13, ``K² θ_{m+1} / (2√θ_{m+1} − ‖θ_{1:m}‖₁)² · I_m``, does not follow from
-eq. 12 (see DESIGN.md).  With the corrected right-hand side the seed's eq. 14 equals::
+eq. 12 (by the identity above).  With the corrected right-hand side the paper's eq. 14 equals::
 
-    α_seed = ε² ‖J̃J̃ᵀ − (K/λ)² I_m‖_F = α / (1 − √θ_{m+1})²,
+    α_paper = ε² ‖J̃J̃ᵀ − (K/λ)² I_m‖_F = α / (1 − √θ_{m+1})²,
 
-i.e. the seed's α is ours times the conformal weight ``1/(1 − √θ_{m+1})²``, which depends on
+i.e. the paper's α is ours times the conformal weight ``1/(1 − √θ_{m+1})²``, which depends on
 the arbitrary choice of the dropped class and is unbounded when that class is predicted
 with confidence (the pole of the projection).  We drop that weight: ``α`` is invariant under
-relabelling the classes.  :func:`iso_penalty_stereographic` reproduces the seed's form
+relabelling the classes.  :func:`iso_penalty_stereographic` reproduces the paper's form
 (corrected or as printed) for comparison.
 
 Estimators
@@ -161,7 +164,7 @@ def sqrt_prob_jacobian(model: nn.Module, x: Tensor, *, return_logits: bool = Fal
 
 
 def pullback_fisher_metric(model: nn.Module, x: Tensor) -> Tensor:
-    """Pull-back of the Fisher metric ``G̃ = J_μᵀ J_μ`` per sample, shape ``(B, n, n)`` (seed 000 eq. 3)."""
+    """Pull-back of the Fisher metric ``G̃ = J_μᵀ J_μ`` per sample, shape ``(B, n, n)`` (Shi-Garrier et al. 2024 eq. 3)."""
     J = sqrt_prob_jacobian(model, x)
     return J.transpose(1, 2) @ J
 
@@ -282,13 +285,13 @@ def iso_penalty(
 ) -> Tensor:
     r"""ISO partial-isometry penalty ``α(x, F) = ε²‖J_μJ_μᵀ − K²(I − μμᵀ/4)‖_F`` per sample, ``(B,)``.
 
-    See the module docstring for the derivation and the relation to seed 000 eq. 14.
+    See the module docstring for the derivation and the relation to eq. 14 of Shi-Garrier et al. 2024.
 
     Args:
         model: maps ``x`` (B, ...) to logits (B, m+1); samples must not interact.
         x: inputs (B, ...); the Jacobian is taken w.r.t. all features (``n = x[0].numel()``).
         epsilon: the budget ``ε`` (> 0), input units; sets the prefactor ``ε²`` and the default scale.
-        scale: the length factor ``K`` (> 0).  Default ``δ_m/ε`` with seed 000's
+        scale: the length factor ``K`` (> 0).  Default ``δ_m/ε`` with Shi-Garrier et al.'s
             ``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.functional.geometry.delta_m`).
         estimator: ``"exact"`` (jacrev) or ``"randomized"`` (``num_probes`` JVPs).
         num_probes: number of probes ``k ≥ 2`` for the randomized estimator.
@@ -296,7 +299,7 @@ def iso_penalty(
         squared: return ``α²`` instead of ``α``.  The randomized estimate of ``α²`` is
             unbiased (may be negative for one draw); that of ``α`` is only consistent.
         deviation: how the deviation ``A = J_μJ_μᵀ − K²P_μ`` is measured:
-            ``"frobenius"`` (default, seed eq. 14): ``α = ε²‖A‖_F``;
+            ``"frobenius"`` (default, Shi-Garrier et al. 2024 eq. 14): ``α = ε²‖A‖_F``;
             ``"gaussian"``: ``α = ε²·(E_g[(gᵀAg)²])^{1/2} = ε²·((tr A)² + 2‖A‖²_F)^{1/2}``
             with ``g ~ N(0, I_{m+1})`` — an equivalent norm
             (``√2‖A‖_F ≤ · ≤ √(m+2)‖A‖_F``, zero iff ``A = 0``) whose square has an
@@ -319,13 +322,13 @@ def iso_penalty_stereographic(
     *,
     printed_eq13: bool = False,
 ) -> Tensor:
-    r"""Seed 000's eq. 14 in its stereographic coordinates (exact Jacobian), ``(B,)``.
+    r"""ISO penalty of Shi-Garrier et al. 2024 (eq. 14) in their stereographic coordinates (exact Jacobian), ``(B,)``.
 
     ``ε²‖J̃J̃ᵀ − c(θ) I_m‖_F`` with ``J̃ = ∂t/∂x``, ``t`` from
     :func:`liplayers.functional.geometry.stereographic_coordinates` (last class dropped) and
     ``c = K²/(1 − √θ_{m+1})²`` (eq. 13 corrected, default) or, with ``printed_eq13=True``,
     ``c = K² θ_{m+1}/(2√θ_{m+1} − ‖θ_{1:m}‖₁)²`` as printed.  With the corrected constant this
-    equals :func:`iso_penalty` ``/ (1 − √θ_{m+1})²``.  For reproducing/testing the seed only;
+    equals :func:`iso_penalty` ``/ (1 − √θ_{m+1})²``.  For reproducing/testing the paper's formulation only;
     it blows up when the last class is confidently predicted.
     """
     _check_x(x)
@@ -355,11 +358,11 @@ def iso_penalty_stereographic(
 
 # --------------------------------------------------------------------------- loss
 def iso_schedule(epoch: int, num_epochs: int, eta_min: float = 0.002, eta_max: float = 0.006) -> float:
-    r"""Geometric schedule of seed 000 §4.2: ``η_i = η_min (η_max/η_min)^{(i−1)/(N−1)}``.
+    r"""Geometric schedule of Shi-Garrier et al. 2024 (§4.2): ``η_i = η_min (η_max/η_min)^{(i−1)/(N−1)}``.
 
     ``epoch`` is **0-based** (``epoch = i − 1`` ∈ ``[0, num_epochs − 1]``); returns ``η_min`` at
     the first epoch and ``η_max`` at the last (``η_min`` throughout if ``num_epochs == 1``).
-    Defaults are the seed's MNIST values.  Requires ``0 < η_min ≤ η_max ≤ 1``.
+    Defaults are the paper's MNIST values.  Requires ``0 < η_min ≤ η_max ≤ 1``.
     """
     if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
         raise ValueError(f"num_epochs must be a positive int, got {num_epochs!r}")
@@ -373,7 +376,7 @@ def iso_schedule(epoch: int, num_epochs: int, eta_min: float = 0.002, eta_max: f
 
 
 class ISOLoss(nn.Module):
-    r"""``(1 − η)·CE(F(x), y) + η·α(x, F)`` (seed 000 eq. 15) with ``η`` from :func:`iso_schedule`.
+    r"""``(1 − η)·CE(F(x), y) + η·α(x, F)`` (Shi-Garrier et al. 2024 eq. 15) with ``η`` from :func:`iso_schedule`.
 
     Args:
         epsilon, scale, estimator, num_probes, squared, deviation, probe: as in :func:`iso_penalty`.

@@ -1,4 +1,4 @@
-r"""Jacobian regularization ``‖J‖²_F`` by random projections (the "JAC" baseline of seed 002).
+r"""Jacobian regularization ``‖J‖²_F`` by random projections (the "JAC" baseline; Hoffman et al. 2019).
 
 For a model ``f: R^n → R^C`` (logits by default) and a sample ``x``, ``J = ∂f/∂x`` is
 ``C × n``.  For any random vector ``v`` with ``E[vvᵀ] = I``:

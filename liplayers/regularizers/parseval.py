@@ -1,11 +1,11 @@
-r"""Parseval regularization (Cissé et al. 2017; seeds 002 and 004): penalty and retraction.
+r"""Parseval regularization (Cissé et al. 2017): penalty and retraction.
 
-Both styles the seeds describe are supported:
+Both styles are supported:
 
 * **penalty in the loss**: ``loss = task_loss + parseval_penalty(model, beta)`` with
   β/2 · Σ_W ‖W Wᵀ − I‖²_F (on the smaller Gram side, see below);
-* **separate retraction step** (Parseval networks proper; seed 002: "Parseval separates the
-  learning from the regularization"): after each ``optimizer.step()``,
+* **separate retraction step** (Parseval networks proper, Cissé et al. 2017: the
+  regularization is a step separate from learning): after each ``optimizer.step()``,
   W ← (1 + β) W − β W Wᵀ W, via :func:`parseval_retraction_`, the :class:`ParsevalRetraction`
   helper, or a hook installed by :func:`register_parseval_retraction`.
 
@@ -14,8 +14,8 @@ exactly one gradient step of size β on R. On singular values it acts as
 σ ← g(σ) = (1 + β)σ − βσ³, and g(σ) − 1 = (σ − 1)(1 − βσ(σ + 1)): whenever
 0 < σ and βσ(σ + 1) ≤ 1 (e.g. β ≤ ½ and ‖W‖₂ ≤ 1, or β ≤ ⅙ and ‖W‖₂ ≤ 2), every singular
 value moves monotonically towards 1 without overshoot, so ‖W Wᵀ − I‖_F (smaller side)
-decreases at each step. β = ½ is one Björck step (seed 004: "one step of Björck is
-Parseval with β = 0.5"); Cissé et al. use β ≈ 3·10⁻⁴, which (Anil et al.) leaves weights far
+decreases at each step. β = ½ is exactly one Björck step W ← W(3I − WᵀW)/2 (Anil, Lucas &
+Grosse 2019); Cissé et al. use β ≈ 3·10⁻⁴, which (Anil et al.) leaves weights far
 from orthonormal. Singular values equal to 0 stay 0.
 
 Smaller side. Only min(m, n) singular values exist; WWᵀ − I (m ≤ n) or WᵀW − I (m > n) is the

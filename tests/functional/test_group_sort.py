@@ -7,7 +7,9 @@ import shutil
 import pytest
 import torch
 
-from liplayers.functional import group_sort as GS
+import importlib
+
+GS = importlib.import_module("liplayers.functional.group_sort")
 from liplayers.functional.group_sort import group_sort, max_min
 
 pytestmark = pytest.mark.filterwarnings("ignore")
