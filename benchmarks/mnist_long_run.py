@@ -6,7 +6,7 @@ convolutions (BCOP), MaxMin activations over channels and Björck dense layers. 
 entropy with an offset on the true logit and a temperature (Prach & Lampert 2022):
 CE((f − m·e_y)/τ, y) · τ with m = 2√2·ε and τ = 1/4 (Prach et al. 2023). Adam with a
 one-cycle schedule. A checkpoint is written after every epoch; rerunning the same command
-resumes from it. Trained on reconstructed MNIST training images (see ../shared/README.md).
+resumes from it. Trained on reconstructed MNIST training images (rebuilt from a public PNG export of the training set).
 
     python benchmarks/mnist_long_run.py --out results/mnist_long --epochs 50 --threads 1
 """
@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-limit", type=int, default=2000)
+    ap.add_argument("--finish-at", type=int, default=None,
+                    help="on resume: stop at this epoch instead, annealing the learning rate from its current "
+                         "value to 0 on a cosine over the remaining epochs (shortens a run that will not fit its time)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -80,6 +83,19 @@ def main() -> None:
         start, history, elapsed = st["epoch"], st["history"], st["elapsed"]
         torch.set_rng_state(st["rng"])
         print(f"resumed at epoch {start}", flush=True)
+        if st.get("finish_at"):
+            args.finish_at = st["finish_at"]
+    if args.finish_at is not None and args.finish_at > start:
+        lr_now = opt.param_groups[0]["lr"]
+        remaining = (args.finish_at - start) * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t, r=remaining: 0.5 * (1 + math.cos(math.pi * min(t, r) / r)))
+        for g in opt.param_groups:
+            g["initial_lr"] = lr_now
+            g["lr"] = lr_now
+        sched.base_lrs = [lr_now for _ in opt.param_groups]
+        args.epochs = args.finish_at
+        print(f"finishing at epoch {args.finish_at}: cosine from lr {lr_now:.3g} to 0", flush=True)
     offset = args.offset_scale * args.eps
     for epoch in range(start, args.epochs):
         model.train()
@@ -106,6 +122,7 @@ def main() -> None:
         tmp = out / "checkpoint.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "epoch": epoch + 1, "history": history, "elapsed": elapsed, "rng": torch.get_rng_state(),
+                    "finish_at": args.finish_at,
                     "args": vars(args)}, tmp)
         os.replace(tmp, ckpt)
         torch.save(model.state_dict(), out / "model.pt")
