@@ -68,7 +68,7 @@ def test_missing_files_error_names_directory_and_files(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=ENV_VAR):
         load_dataset("fashion-mnist")
     with pytest.raises(ValueError, match="unknown dataset"):
-        load_dataset("cifar10")
+        load_dataset("svhn")
 
 
 def test_corrupt_idx_raises(tmp_path):
