@@ -8,7 +8,7 @@ bound is computed, and argument values outside the proof are refused:
 =====================  ===============================  ==========================================
 module                 bound                             refused
 =====================  ===============================  ==========================================
-ReLU, ReLU6, Tanh,     1
+ReLU, ReLU6, Tanh,     1                                 Hardtanh: non-finite limits
 Softsign, LogSigmoid,
 Tanhshrink, Hardtanh
 Sigmoid                1/4
@@ -56,6 +56,9 @@ def _constant(m: nn.Module, input_shape) -> float:
         if klass in _CONSTANTS:
             if klass is nn.GELU and m.approximate not in ("none", "tanh"):
                 raise ValueError(f"GELU.approximate = {m.approximate!r}")
+            if klass is nn.Hardtanh:  # clamp to [min_val, max_val]: finite limits only (else inf/NaN outputs)
+                real_arg(m, "min_val")
+                real_arg(m, "max_val")
             return _CONSTANTS[klass]
     raise AssertionError  # pragma: no cover
 

@@ -137,6 +137,8 @@ _LP = (nn.LPPool1d, nn.LPPool2d, nn.LPPool3d)
 
 
 def _check_linear_args(m: nn.Module) -> None:
+    if isinstance(m, _PADS) and not math.isfinite(float(m.value)):
+        raise UnboundedModuleError(f"{type(m).__name__}.value = {m.value!r}: a non-finite padding value")
     if isinstance(m, _AVG):
         div = getattr(m, "divisor_override", None)
         if div is not None and (isinstance(div, bool) or not isinstance(div, int) or div <= 0):
