@@ -6,7 +6,10 @@ accuracy (a proof: no input within ε changes its prediction) next to the accura
 networks under a PGD attack (an empirical upper bound of their robust accuracy). On a fresh
 install it uses sklearn's digits (no download) and takes about a minute on a laptop CPU;
 ``--dataset mnist --data-dir DIR`` reads MNIST from IDX files. ``--out DIR`` writes
-``results.json`` and ``certified_accuracy.png``.
+``results.json``, ``certified_accuracy.png``, per-epoch ``training_*.csv`` and a checkpoint.
+
+Ctrl-C during training finishes the current step, writes a checkpoint and exits with status
+130; ``liplayers demo --resume DIR`` continues and gives the same result as an uninterrupted run.
 
 Soundness self-check: every test point certified at ε is attacked by PGD at ε; a successful
 attack on a certified point would be a bug and is reported as a violation (there should be 0).
@@ -14,9 +17,13 @@ attack on a certified point would be a bug and is reported as a violation (there
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,19 +31,38 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["main", "build_parser", "run_demo", "dense_gnp", "dense_relu", "make_loss", "format_table"]
+__all__ = ["main", "build_parser", "run_demo", "dense_gnp", "dense_relu", "make_loss", "format_table",
+           "plot_demo", "DemoError", "DemoInterrupted"]
 
 DEFAULT_EPS = {"digits": (0.25, 0.5, 1.0), "mnist": (0.5, 1.0, 1.58), "fashion-mnist": (0.5, 1.0, 1.58)}
+IMAGE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}
 MNIST_NOTE = "trained on reconstructed MNIST training images"
+CHECKPOINT_CONFIG = "demo.json"
+# options that define the computation: a resumed run takes them from its checkpoint
+RUN_OPTIONS = ("dataset", "arch", "width", "depth", "loss", "margin", "alpha", "tau", "epochs", "lr", "batch_size",
+               "eps", "pgd_steps", "test_limit", "seed", "quick")
+KEPT_OPTIONS = ("data_dir", "out", "no_plot", "tensorboard")  # from the checkpoint unless given again
+
+
+class DemoError(Exception):
+    """A problem found before training (missing data or optional dependency): one line, exit 2."""
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """The demo was interrupted; its checkpoint directory is :attr:`checkpoint`."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(str(checkpoint))
+        self.checkpoint = checkpoint
 
 
 # --------------------------------------------------------------------------- models and losses
 def dense_gnp(in_features: int, num_classes: int, width: int = 128, depth: int = 3) -> nn.Module:
-    """Flatten → [BjorckLinear(width) → MaxMin] × depth → BjorckLinear(num_classes) (``liplayers.zoo.architectures.gnp_mlp``).
+    """Flatten → [BjorckLinear(width) → MaxMin] × depth → BjorckLinear(num_classes).
 
-    Every weight is (semi-)orthonormal and MaxMin is a permutation: a 1-Lipschitz,
-    gradient-norm-preserving network (seed 004). Its certified bound is computed from the
-    weights by :func:`liplayers.certify.lipschitz_bound`, not assumed.
+    Built by ``liplayers.zoo.architectures.gnp_mlp``. Every weight is (semi-)orthonormal and MaxMin is a permutation: a 1-Lipschitz,
+    gradient-norm-preserving network (Anil, Lucas & Grosse, 2019). Its certified bound is
+    computed from the weights by :func:`liplayers.certify.lipschitz_bound`, not assumed.
     """
     from .zoo.architectures import gnp_mlp
 
@@ -57,19 +83,16 @@ def dense_relu(in_features: int, num_classes: int, width: int = 128, depth: int 
 
 
 def conv_gnp(input_shape: Sequence[int], num_classes: int, width: int, depth: int) -> nn.Module:
-    """``liplayers.zoo.architectures.gnp_conv_net`` (imported lazily): ``depth`` stages of ``width`` channels.
+    """``liplayers.zoo.architectures.gnp_conv_net``: ``depth`` stages of ``width`` channels.
 
     Each stage is one orthogonal 3×3 convolution and a strided one (halving the resolution),
     with MaxMin over channels; dense Björck head of 128 units.
     """
-    try:
-        from .zoo.architectures import gnp_conv_net  # the convolutional GNP builders (optional here)
-    except ImportError as exc:
-        raise SystemExit("--arch conv needs liplayers.zoo.architectures.gnp_conv_net, which is not available in this "
-                         f"installation ({exc}); use --arch dense") from None
+    from .zoo.architectures import gnp_conv_net
+
     c, h, w = input_shape
     if h != w or h % (2 ** depth):
-        raise SystemExit(f"--arch conv: a square input whose size is divisible by 2**depth is needed, got "
+        raise ValueError(f"--arch conv: a square input whose size is divisible by 2**depth is needed, got "
                          f"{h}x{w} with depth {depth}")
     return gnp_conv_net(in_channels=c, num_classes=num_classes, input_size=h, width=width, blocks=depth,
                         convs_per_block=1, hidden=128)
@@ -88,7 +111,7 @@ def make_loss(name: str, *, margin: float, alpha: float, tau: float) -> nn.Modul
     raise ValueError(f"unknown loss {name!r}; expected hkr, hinge or tau-ce")
 
 
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- evaluation and report
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float], steps: int, seed: int,
                  batch_size: int = 1000) -> Tuple[Dict[float, float], Dict[float, Tensor]]:
     """Accuracy under an L2 PGD margin attack (``liplayers.analysis.attacks.pgd_attack``) at each ε.
@@ -133,16 +156,99 @@ def format_table(eps: Sequence[float], gnp: dict, base: dict, title: str) -> str
     return "\n".join(lines)
 
 
+def plot_demo(path, eps: Sequence[float], cert, base_cert, gnp_pgd: Dict[float, float],
+              base_pgd: Dict[float, float], title: str):
+    """Certified-accuracy curves of both networks (from their certified radii) and their measured
+    accuracy under PGD (markers at the attacked radii; ε = 0 is the clean accuracy) → ``path`` (PNG).
+    Uses matplotlib's object API only (no pyplot, no change of backend); returns the Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    grid = torch.linspace(0.0, 1.2 * max(eps), 400, dtype=torch.float64)
+    ax.plot(grid.numpy(), cert.curve(grid).numpy(), "-", color="C0", drawstyle="steps-post",
+            label="1-Lipschitz network, certified")
+    ax.plot(grid.numpy(), base_cert.curve(grid).numpy(), "--", color="C1", drawstyle="steps-post",
+            label="standard network, certified")
+    radii = [0.0, *map(float, eps)]
+    ax.plot(radii, [cert.clean_accuracy, *gnp_pgd.values()], linestyle="none", marker="o", markersize=7,
+            color="C0", label="1-Lipschitz network, PGD attack")
+    ax.plot(radii, [base_cert.clean_accuracy, *base_pgd.values()], linestyle="none", marker="s", markersize=7,
+            color="C1", label="standard network, PGD attack")
+    ax.set_xlabel("L2 radius ε (pixel values in [0, 1])")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlim(-0.02 * float(grid[-1]), float(grid[-1]))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+# --------------------------------------------------------------------------- the run
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _progress_mode(args) -> str:
+    mode = "none" if getattr(args, "no_progress", False) else getattr(args, "progress", "auto")
+    if mode == "auto":
+        return "bar" if _have("tqdm") and sys.stderr.isatty() else "lines"
+    return mode
+
+
 def _linear_decay(total_steps: int):
     return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total_steps, 1)))
 
 
-def run_demo(args: argparse.Namespace, log=print) -> dict:
-    """Run the main job with parsed ``args`` (see :func:`build_parser`); return the results dict."""
-    from .certify import certified_accuracy, plot_certified_accuracy
+def _prepare_checkpoint(args) -> Tuple[Path, bool]:
+    """(checkpoint directory, whether it is temporary); a fresh run clears an old one."""
+    resume = getattr(args, "resume", None)
+    if resume:
+        return Path(resume), False
+    path = getattr(args, "checkpoint", None) or (Path(args.out) / "checkpoint" if args.out else None)
+    temporary = path is None
+    path = Path(tempfile.mkdtemp(prefix="liplayers-demo-")) if temporary else Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("gnp.pt", "relu.pt"):
+        (path / name).unlink(missing_ok=True)
+    config = {k: getattr(args, k, None) for k in RUN_OPTIONS + KEPT_OPTIONS}
+    (path / CHECKPOINT_CONFIG).write_text(json.dumps({"format": "liplayers-demo-checkpoint", "args": config},
+                                                     indent=1))
+    return path, temporary
+
+
+def _keep_temporary(path: Path) -> Path:
+    """Move an interrupted run's temporary checkpoint to ./liplayers-demo-checkpoint[-N]."""
+    for i in range(100):
+        dest = Path.cwd() / ("liplayers-demo-checkpoint" + (f"-{i}" if i else ""))
+        if not dest.exists():
+            try:
+                shutil.move(str(path), str(dest))
+                return dest
+            except OSError:
+                return path
+    return path
+
+
+def run_demo(args: argparse.Namespace, log=print, *, callbacks: Sequence[object] = (), progress_log=None) -> dict:
+    """Run the main job with parsed ``args`` (see :func:`build_parser`); return the results dict.
+
+    ``log`` receives the report (header, table, files written); ``progress_log`` the per-epoch
+    progress lines (default: stderr); ``callbacks`` are passed to both training runs.
+    Raises :class:`DemoInterrupted` on Ctrl-C (after writing the checkpoint), FileNotFoundError
+    when the data is missing.
+    """
+    from .certify import certified_accuracy
     from .data import load_dataset
     from .train import fit
 
+    if progress_log is None:
+        progress_log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
     quick = args.quick
@@ -170,25 +276,46 @@ def run_demo(args: argparse.Namespace, log=print) -> dict:
         gnp = dense_gnp(in_features, num_classes, width, depth)
         base = dense_relu(in_features, num_classes, width, depth)
     loss = make_loss(args.loss, margin=args.margin, alpha=args.alpha, tau=args.tau)
-    log(f"liplayers demo: {args.dataset} ({len(train)} train / {x_test.shape[0]} test images{', ' + note if note else ''}), "
+    log(f"liplayers demo: {args.dataset} ({len(train)} train / {x_test.shape[0]} test images"
+        f"{', ' + note if note else ''}), "
         f"{args.arch} GNP width {width} depth {depth}, loss {loss!r}, {epochs} epochs")
 
     lr = args.lr if args.lr is not None else (1e-2 if quick else 1e-3)
-    common = dict(epochs=epochs, lr=lr, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                  scheduler=_linear_decay(epochs * steps_per_epoch))
-    t0 = time.perf_counter()
-    fit(gnp, loss, train, log=lambda s: log("  GNP  " + s), **common)
-    gnp_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fit(base, nn.CrossEntropyLoss(), train, log=lambda s: log("  ReLU " + s), **common)
-    base_seconds = time.perf_counter() - t0
+    mode = _progress_mode(args)
+    out = Path(args.out) if args.out else None
+    tb = getattr(args, "tensorboard", None)
+    ckpt, temporary = _prepare_checkpoint(args)
+    if getattr(args, "resume", None):
+        log(f"resuming from {ckpt}")
 
-    gnp.eval()
-    base.eval()
-    cert = certified_accuracy(gnp, (x_test, y_test), eps=list(eps))
-    base_cert = certified_accuracy(base, (x_test, y_test), eps=list(eps))
-    gnp_pgd, gnp_robust = pgd_accuracy(gnp, x_test, y_test, eps, pgd_steps, args.seed)
-    base_pgd, _ = pgd_accuracy(base, x_test, y_test, eps, pgd_steps, args.seed)
+    def train_one(model, criterion, tag):
+        t0 = time.perf_counter()
+        fit(model, criterion, train, epochs=epochs, lr=lr, batch_size=args.batch_size, seed=args.seed,
+            scheduler=_linear_decay(epochs * steps_per_epoch), eval_data=(x_test, y_test), eval_every=epochs,
+            eps=eps, checkpoint=ckpt / f"{tag}.pt", resume=True, callbacks=callbacks,
+            progress="bar" if mode == "bar" else "none", desc="GNP" if tag == "gnp" else "ReLU",
+            log=(lambda s: progress_log(f"  {'GNP ' if tag == 'gnp' else 'ReLU'} {s}")) if mode == "lines" else None,
+            metrics_csv=out / f"training_{tag}.csv" if out else None,
+            tensorboard_dir=Path(tb) / tag if tb else None)
+        return time.perf_counter() - t0
+
+    try:
+        gnp_seconds = train_one(gnp, loss, "gnp")
+        base_seconds = train_one(base, nn.CrossEntropyLoss(), "relu")
+        gnp.eval()
+        base.eval()
+        cert = certified_accuracy(gnp, (x_test, y_test), eps=list(eps))
+        base_cert = certified_accuracy(base, (x_test, y_test), eps=list(eps))
+        gnp_pgd, gnp_robust = pgd_accuracy(gnp, x_test, y_test, eps, pgd_steps, args.seed)
+        base_pgd, _ = pgd_accuracy(base, x_test, y_test, eps, pgd_steps, args.seed)
+    except KeyboardInterrupt:
+        raise DemoInterrupted(_keep_temporary(ckpt) if temporary else ckpt) from None
+    except BaseException:
+        if temporary:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        raise
+    if temporary:
+        shutil.rmtree(ckpt, ignore_errors=True)
     violations = {str(float(e)): int((cert.correct & (cert.radii >= e) & ~gnp_robust[float(e)]).sum()) for e in eps}
 
     def summary(res, pgd, seconds):
@@ -204,6 +331,7 @@ def run_demo(args: argparse.Namespace, log=print) -> dict:
         "gnp": summary(cert, gnp_pgd, gnp_seconds) | {"certificate_violations": violations},
         "baseline": summary(base_cert, base_pgd, base_seconds),
         "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "checkpoint": None if temporary else str(ckpt),
     }
     title = (f"{args.dataset}: {x_test.shape[0]} test images, L2 radii in [0, 1] pixel units"
              + (f" ({note})" if note else ""))
@@ -215,99 +343,210 @@ def run_demo(args: argparse.Namespace, log=print) -> dict:
     log(table)
     log(f"wall time {results['wall_time_s']:.1f}s (GNP training {gnp_seconds:.1f}s, ReLU training {base_seconds:.1f}s)")
 
-    if args.out:
-        out = Path(args.out)
+    if out:
         out.mkdir(parents=True, exist_ok=True)
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            ax = plot_certified_accuracy({f"GNP ({args.loss}) certified": cert})
-            ax.plot([0.0, *eps], [base_cert.clean_accuracy, *base_pgd.values()], "o--", label="ReLU, PGD (empirical)")
-            ax.plot([0.0, *eps], [cert.clean_accuracy, *gnp_pgd.values()], "s:", label="GNP, PGD (empirical)")
-            ax.legend()
-            ax.set_ylabel("accuracy")
-            ax.set_title(f"{args.dataset}: certified vs attacked accuracy" + (f"\n{note}" if note else ""))
-            ax.figure.savefig(out / "certified_accuracy.png", dpi=120, bbox_inches="tight")
-            plt.close(ax.figure)
-            results["plot"] = str(out / "certified_accuracy.png")
-        except ImportError:
-            log("matplotlib is not installed: no plot (pip install matplotlib)")
-            results["plot"] = None
+        results["plot"] = None
+        if not getattr(args, "no_plot", False):
+            try:
+                plot_demo(out / "certified_accuracy.png", eps, cert, base_cert, gnp_pgd, base_pgd,
+                          f"{args.dataset}: certified vs attacked accuracy" + (f"\n{note}" if note else ""))
+                results["plot"] = str(out / "certified_accuracy.png")
+            except ImportError:
+                log("matplotlib is not installed: no plot (pip install matplotlib)")
         (out / "results.json").write_text(json.dumps(results, indent=2))
         log(f"wrote {out / 'results.json'}" + (f" and {results['plot']}" if results.get("plot") else ""))
     return results
 
 
 # --------------------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    """``error`` prints one line (no usage block) and exits with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liplayers", description="liplayers command line")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = _Parser(prog="liplayers", description="liplayers command line: certified-robust 1-Lipschitz networks")
+    parser.add_argument("--version", action="version", version=f"liplayers {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="train a certified-robust GNP network and compare it with an unconstrained one",
                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"), default="digits")
-    demo.add_argument("--data-dir", default=None,
-                      help="directory with the MNIST / Fashion-MNIST IDX .gz files (default: $LIPLAYERS_DATA)")
-    demo.add_argument("--arch", choices=("dense", "conv"), default="dense")
-    demo.add_argument("--width", type=int, default=None,
-                      help="dense: hidden width (default 128; 32 with --quick); conv: channels of the first stage "
-                           "(default 16; 8 with --quick)")
-    demo.add_argument("--depth", type=int, default=None,
-                      help="dense: hidden layers (default 3; 2 with --quick); conv: stages halving the resolution "
-                           "(default 2; 1 with --quick)")
-    demo.add_argument("--loss", choices=("hkr", "hinge", "tau-ce"), default="tau-ce")
-    demo.add_argument("--margin", type=float, default=1.0, help="hinge / HKR margin κ in logit units (default 1.0)")
-    demo.add_argument("--alpha", type=float, default=10.0, help="HKR hinge weight α (default 10)")
-    demo.add_argument("--tau", type=float, default=3.0, help="temperature τ of tau-ce (default 3)")
-    demo.add_argument("--epochs", type=int, default=None, help="default 30 on digits, 10 on MNIST, 3 with --quick")
-    demo.add_argument("--lr", type=float, default=None,
-                      help="Adam learning rate, decayed linearly to 0 (default 1e-3; 1e-2 with --quick)")
-    demo.add_argument("--batch-size", type=int, default=128)
-    demo.add_argument("--eps", type=float, nargs="+", default=None,
-                      help="L2 radii (default 0.25 0.5 1 on digits, 0.5 1 1.58 on MNIST)")
-    demo.add_argument("--pgd-steps", type=int, default=None, help="PGD steps (default 20; 5 with --quick)")
-    demo.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
-    demo.add_argument("--threads", type=int, default=None,
-                      help="torch CPU threads (default 1 for digits or --quick, where more threads only add "
-                           "synchronisation cost; else torch's default)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default=None, help="directory for results.json and certified_accuracy.png")
-    demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
-    demo.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    a = demo.add_argument
+    a("--dataset", choices=("digits", "mnist", "fashion-mnist"), default="digits",
+      help="digits (in scikit-learn, no download), mnist or fashion-mnist (IDX files in --data-dir) (default: digits)")
+    a("--data-dir", default=None, metavar="DIR",
+      help="directory with the MNIST / Fashion-MNIST IDX .gz files (default: $LIPLAYERS_DATA)")
+    a("--arch", choices=("dense", "conv"), default="dense",
+      help="dense: BjorckLinear + MaxMin; conv: orthogonal convolutions + MaxMin (default: dense)")
+    a("--width", type=int, default=None, metavar="N",
+      help="even (MaxMin pairs units); dense: hidden width; conv: channels of the first stage "
+           "(default: dense 128, 32 with --quick; conv 16, 8 with --quick)")
+    a("--depth", type=int, default=None, metavar="N",
+      help="dense: hidden layers; conv: stages halving the resolution (default: dense 3, 2 with --quick; conv 2, "
+           "1 with --quick)")
+    a("--loss", choices=("hkr", "hinge", "tau-ce"), default="tau-ce", help="training loss of the GNP network "
+      "(default: tau-ce)")
+    a("--margin", type=float, default=1.0, help="hinge / HKR margin κ in logit units (default: 1.0)")
+    a("--alpha", type=float, default=10.0, help="HKR hinge weight α (default: 10)")
+    a("--tau", type=float, default=3.0, help="temperature τ of tau-ce (default: 3)")
+    a("--epochs", type=int, default=None, metavar="N", help="default: 30 on digits, 10 on MNIST, 3 with --quick")
+    a("--lr", type=float, default=None,
+      help="Adam learning rate, decayed linearly to 0 (default: 1e-3; 1e-2 with --quick)")
+    a("--batch-size", type=int, default=128, metavar="N", help="default: 128")
+    a("--eps", type=float, nargs="+", default=None, metavar="EPS",
+      help="L2 radii (default: 0.25 0.5 1 on digits, 0.5 1 1.58 on MNIST)")
+    a("--pgd-steps", type=int, default=None, metavar="N", help="PGD steps (default: 20; 5 with --quick)")
+    a("--test-limit", type=int, default=None, metavar="N", help="evaluate on the first N test images only "
+      "(default: all)")
+    a("--threads", type=int, default=None, metavar="N",
+      help="torch CPU threads (default: 1 for digits or --quick, where more threads only add synchronisation "
+           "cost; else torch's default)")
+    a("--seed", type=int, default=0, help="random seed of initialization, data order and attacks (default: 0)")
+    a("--out", default=None, metavar="DIR", help="directory for results.json, certified_accuracy.png, "
+      "training_*.csv and the checkpoint (default: none, print only)")
+    a("--checkpoint", default=None, metavar="DIR",
+      help="checkpoint directory, written every epoch (default: OUT/checkpoint with --out; otherwise a temporary "
+           "one, kept as ./liplayers-demo-checkpoint only if interrupted)")
+    a("--resume", default=None, metavar="DIR",
+      help="continue an interrupted run from its checkpoint directory, with its options (default: start afresh)")
+    a("--quick", action="store_true", help="a tiny run of a few seconds, for tests (default: off)")
+    a("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+      help="training progress on stderr: a tqdm bar, one line per epoch, or nothing (default: auto = a bar when "
+           "stderr is a terminal and tqdm is installed, else lines)")
+    a("--no-progress", action="store_true", help="same as --progress none (default: off)")
+    a("--no-plot", action="store_true", help="do not draw certified_accuracy.png (default: off; the plot needs "
+      "matplotlib)")
+    a("--tensorboard", default=None, metavar="DIR",
+      help="write TensorBoard scalars there (needs the tensorboard package) (default: none)")
     return parser
 
 
+def _check_dir(parser, flag: str, value: Optional[str]) -> None:
+    """``value`` is (or can be created as) a writable directory, else a one-line error."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        parser.error(f"{flag} {value}: exists and is not a directory")
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                parser.error(f"{flag} {value}: {p} is a file, not a directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                parser.error(f"{flag} {value}: {p} is not writable")
+            return
+
+
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("width", "depth", "epochs", "pgd_steps", "test_limit", "threads"):
+    """Every option, before anything runs: ``parser.error`` (one line, exit status 2) on the first bad one."""
+    for name, low in (("width", 2), ("depth", 1), ("epochs", 1), ("pgd_steps", 1), ("test_limit", 1),
+                      ("threads", 1), ("batch_size", 1), ("seed", 0)):
         v = getattr(args, name)
-        if v is not None and v < (0 if name in ("epochs", "pgd_steps") else 1):
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {v}")
-    if args.batch_size < 1 or (args.lr is not None and not args.lr > 0):
-        parser.error("--batch-size and --lr must be positive")
-    if args.eps and any(not (e > 0 and math.isfinite(e)) for e in args.eps):
-        parser.error(f"--eps values must be finite and > 0, got {args.eps}")
-    if args.margin < 0 or args.alpha < 0 or not args.tau > 0:
-        parser.error("--margin and --alpha must be >= 0 and --tau > 0")
+        if v is not None and v < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
+    if args.width is not None and args.width % 2:
+        parser.error(f"--width must be even (MaxMin sorts pairs of units), got {args.width}")
+    if args.arch == "conv" and args.depth is not None and IMAGE_SIZE[args.dataset] % (2 ** args.depth):
+        parser.error(f"--depth {args.depth}: --arch conv halves the {IMAGE_SIZE[args.dataset]}-pixel images of "
+                     f"{args.dataset} {args.depth} times, which needs a size divisible by {2 ** args.depth}")
+    for name, value, strict in (("lr", args.lr, True), ("tau", args.tau, True), ("margin", args.margin, False),
+                                ("alpha", args.alpha, False)):
+        if value is not None and not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
+            parser.error(f"--{name} must be finite and {'> 0' if strict else '>= 0'}, got {value}")
+    if args.eps and any(not (math.isfinite(e) and e > 0) for e in args.eps):
+        parser.error(f"--eps values must be finite and > 0, got {' '.join(map(str, args.eps))}")
+    for flag in ("out", "checkpoint", "tensorboard"):
+        _check_dir(parser, f"--{flag}", getattr(args, flag))
+    if args.dataset != "digits" and args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        parser.error(f"--data-dir {args.data_dir}: no such directory")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point (``liplayers``); returns the exit status."""
+def _check_environment(args: argparse.Namespace) -> None:
+    """Optional dependencies the options need, before anything runs (:class:`DemoError`)."""
+    if args.dataset == "digits" and not _have("sklearn"):
+        raise DemoError("the digits dataset needs scikit-learn: pip install scikit-learn "
+                        "(or use --dataset mnist --data-dir DIR)")
+    if args.out and not args.no_plot and not _have("matplotlib"):
+        raise DemoError("the plot needs matplotlib: pip install matplotlib (or pass --no-plot)")
+    if args.progress == "bar" and not args.no_progress and not _have("tqdm"):
+        raise DemoError("--progress bar needs tqdm: pip install tqdm (or use --progress lines)")
+    if args.tensorboard and not _have("tensorboard"):
+        raise DemoError("--tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+def _apply_resume(parser, args: argparse.Namespace) -> None:
+    """Take the run's options from the checkpoint in ``--resume DIR``; refuse options that contradict it."""
+    path = Path(args.resume).expanduser()
+    try:
+        config = json.loads((path / CHECKPOINT_CONFIG).read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        parser.error(f"--resume {args.resume}: not a liplayers demo checkpoint directory (no readable "
+                     f"{CHECKPOINT_CONFIG})")
+    defaults = vars(build_parser().parse_args(["demo"]))
+    for key in RUN_OPTIONS:
+        given, stored = getattr(args, key), config.get(key, defaults[key])
+        if given != defaults[key] and given != stored:
+            parser.error(f"--resume: --{key.replace('_', '-')} {given} differs from the interrupted run's "
+                         f"{stored}; leave it out")
+        setattr(args, key, stored)
+    for key in KEPT_OPTIONS:
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, config.get(key, defaults[key]))
+
+
+def _err(message: str) -> None:
+    print(f"liplayers demo: error: {message}", file=sys.stderr)
+
+
+def _run(argv: Optional[Sequence[str]], callbacks: Sequence[object]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        _check_args(parser, args)
-        threads = args.threads or (1 if args.quick or args.dataset == "digits" else None)
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            run_demo(args)
-        except FileNotFoundError as exc:
-            print(f"liplayers demo: {exc}", file=sys.stderr)
-            return 2
+    if args.command != "demo":  # pragma: no cover - the only command
+        return 0
+    demo_parser = _Parser(prog="liplayers demo")
+    if args.resume:
+        _apply_resume(demo_parser, args)
+    _check_args(demo_parser, args)
+    try:
+        _check_environment(args)
+    except DemoError as exc:
+        _err(str(exc))
+        return 2
+    threads = args.threads or (1 if args.quick or args.dataset == "digits" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        run_demo(args, callbacks=callbacks)
+    except (FileNotFoundError, DemoError) as exc:
+        _err(" ".join(str(exc).split()))
+        return 2
+    except DemoInterrupted as exc:
+        print(f"interrupted: checkpoint written to {exc.checkpoint}, continue with "
+              f"liplayers demo --resume {exc.checkpoint}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before training started: nothing to keep
+        print("interrupted before training started: nothing written", file=sys.stderr)
+        return 130
     return 0
 
 
+def main(argv: Optional[Sequence[str]] = None, *, _callbacks: Sequence[object] = ()) -> int:
+    """Console entry point (``liplayers``, ``python -m liplayers``).
+
+    Exit status: 0 success; 2 bad option (argparse-style one-line error; raised as
+    ``SystemExit(2)`` by the parser), missing data or missing optional dependency (one line,
+    returned); 130 interrupted (checkpoint written). With an explicit ``argv`` the status is
+    returned; with ``argv=None`` (the command line) it is raised as ``SystemExit``.
+    """
+    code = _run(argv, _callbacks)
+    if argv is None:
+        raise SystemExit(code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

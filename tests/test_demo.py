@@ -40,6 +40,13 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert res["table"] in printed
     png = (out / "certified_accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # per-epoch training logs (the last epoch is evaluated) and the checkpoint of both networks
+    for tag in ("gnp", "relu"):
+        rows = (out / f"training_{tag}.csv").read_text().splitlines()
+        assert rows[0].startswith("epoch,loss,clean_accuracy,certified_accuracy@0.1,certified_accuracy@0.3")
+        assert len(rows) == 1 + res["config"]["epochs"]
+    assert float(rows[-1].split(",")[2]) == res["baseline"]["clean_accuracy"]
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["demo.json", "gnp.pt", "relu.pt"]
 
 
 def test_demo_conv_quick(tmp_path, capsys):
@@ -67,3 +74,5 @@ def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "liplayers", "demo", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "--dataset" in done.stdout and "--quick" in done.stdout
+    flat = " ".join(done.stdout.split())  # help lines are wrapped to the terminal width
+    assert "--resume" in flat and "(default: digits)" in flat
