@@ -61,6 +61,7 @@ from .nn import (
     export,
 )
 from . import analysis, zoo
+from .onnx import export_onnx
 from .zoo import gnp_conv_net, gnp_mlp
 
 __version__ = "0.2.0"
@@ -74,6 +75,9 @@ _MOVED = {
 for _old, _mod in _MOVED.items():
     _sys.modules.setdefault(f"{__name__}.{_old}", _mod)
     globals().setdefault(_old, _mod)
+# liplayers.conv held the convolution layers (now in liplayers.nn); liplayers.export the function's module
+_sys.modules.setdefault(f"{__name__}.conv", nn)
+_sys.modules.setdefault(f"{__name__}.export", _sys.modules[f"{__name__}.nn.export"])
 del _old, _mod
 
 __all__ = [
@@ -84,7 +88,7 @@ __all__ = [
     "BROLinear", "BROConv2d", "CholeskyLinear", "LinearResidualConv2d", "LastLayerNormalizedLinear",
     "GroupSort", "MaxMin", "FullSort", "HouseholderActivation",
     "L2NormPool2d", "ScaledAvgPool2d", "GlobalL2Pool2d", "InvertibleDownsampling", "InvertibleUpsampling",
-    "Sequential", "Residual", "export", "gnp_conv_net", "gnp_mlp",
+    "Sequential", "Residual", "export", "export_onnx", "gnp_conv_net", "gnp_mlp",
     "LipschitzModule", "UnboundedModuleError", "lipschitz_bound_of", "register_lipschitz_bound",
     "linf_lipschitz_bound_of", "register_linf_lipschitz_bound",
 ]

@@ -106,27 +106,13 @@ def test_metadata_map_location_and_errors(tmp_path):
         lio.save({"not": "a module"}, tmp_path / "x.pt")
 
 
-def test_plain_torch_save_refuses_parametrized_layers():
-    # why liplayers.io exists: torch's parametrize forbids pickling the module
-    model, _, _ = _trained("bjorck", steps=1)
-    if isinstance(model[1], PicklableParametrizationMixin):  # the layers were made picklable
-        return
+def test_plain_torch_save_pickle_and_deepcopy_work(tmp_path):
+    """Every liplayers layer is picklable (LipschitzModule has the mixin), unlike a parametrized torch module."""
     with pytest.raises(RuntimeError, match="state_dict"):
-        pickle.dumps(model)
-
-
-class PicklableBjorckLinear(PicklableParametrizationMixin, liplayers.BjorckLinear):
-    pass
-
-
-class PicklableSpectralConv2d(PicklableParametrizationMixin, liplayers.SpectralConv2d):
-    pass
-
-
-def test_mixin_makes_plain_torch_save_pickle_and_deepcopy_work(tmp_path):
+        pickle.dumps(nn.utils.parametrizations.orthogonal(nn.Linear(3, 3)))
     torch.manual_seed(0)
-    model = nn.Sequential(PicklableSpectralConv2d(1, 4, 3, padding=1, input_size=(8, 8)), nn.Flatten(),
-                          PicklableBjorckLinear(256, 10))
+    model = nn.Sequential(liplayers.SpectralConv2d(1, 4, 3, padding=1, input_size=(8, 8)), nn.Flatten(),
+                          liplayers.BjorckLinear(256, 10))
     x = torch.rand(3, 1, 8, 8)
     model(x)
     model.eval()
@@ -136,7 +122,7 @@ def test_mixin_makes_plain_torch_save_pickle_and_deepcopy_work(tmp_path):
     copies = [torch.load(tmp_path / "plain.pt", weights_only=False), pickle.loads(pickle.dumps(model)),
               copy.deepcopy(model)]
     for c in copies:
-        assert type(c[2]).__name__ == "ParametrizedPicklableBjorckLinear"
+        assert type(c[2]).__name__ == "ParametrizedBjorckLinear"
         with torch.no_grad():
             assert torch.equal(c(x), y)
         assert lipschitz_bound(c, (1, 8, 8)) == lipschitz_bound(model, (1, 8, 8))

@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 
 from torch import nn
 
+from ..parametrizations._pickle import PicklableParametrizationMixin
+
 __all__ = ["LipschitzModule", "UnboundedModuleError", "HookedModuleError", "InputShapeRequiredError", "Shape"]
 
 Shape = Optional[Tuple[int, ...]]
@@ -38,8 +40,11 @@ class InputShapeRequiredError(UnboundedModuleError, ValueError):
     """The bound of a module with these arguments depends on the input size: pass ``input_shape``."""
 
 
-class LipschitzModule(nn.Module):
-    """Base class of modules that report a guaranteed Lipschitz upper bound (see the module docstring)."""
+class LipschitzModule(PicklableParametrizationMixin, nn.Module):
+    """Base class of modules that report a guaranteed Lipschitz upper bound (see the module docstring).
+
+    Parametrized subclasses can be saved whole: ``torch.save(model)`` / ``pickle`` / ``copy.deepcopy``.
+    """
 
     def lipschitz_bound(self, input_shape: Shape = None) -> float:
         """Guaranteed upper bound of the L2 Lipschitz constant of this module as it runs now.

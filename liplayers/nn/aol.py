@@ -109,8 +109,7 @@ class AOLConv2d(nn.Conv2d, LipschitzModule):
     rescaled kernel per version of P. A plain ``nn.Conv2d`` state dict loads into it.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode, device, dtype: as for ``nn.Conv2d``.
+        in_channels, ..., padding_mode, device, dtype: as for ``nn.Conv2d``.
 
     Shape:
         - Input: (B, in_channels, H, W)
