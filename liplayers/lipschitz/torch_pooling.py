@@ -247,7 +247,26 @@ def _max_cov(m: nn.Module, input_shape: Shape) -> int:
     k = _tuple(m.kernel_size, d, "kernel_size", m)
     s = _tuple(m.stride if m.stride is not None else m.kernel_size, d, "stride", m)
     dil = _tuple(m.dilation, d, "dilation", m)
+    pad = _tuple(m.padding, d, "padding", m)
+    if any(pp > 0 and dd > 1 for pp, dd in zip(pad, dil)):
+        # dilated taps can all land in the padding: such a window outputs -inf (not a finite function)
+        spatial = _needs_shape(m, input_shape, d)[-d:]
+        for n, kk, ss, pp, dd in zip(spatial, k, s, pad, dil):
+            if _padding_only_window(n, kk, ss, pp, dd, m.ceil_mode):
+                raise UnboundedModuleError(
+                    f"{type(m).__name__}: at input size {tuple(spatial)} a window reads only padding (output -inf)")
     return _coverage(k, s, dil, m)
+
+
+def _padding_only_window(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> bool:
+    span = d * (k - 1) + 1
+    size = n + 2 * p - span
+    if size < 0:
+        return False  # torch refuses the input itself
+    out = (-(-size // s) if ceil_mode else size // s) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return any(not any(0 <= i * s - p + j * d < n for j in range(k)) for i in range(out))
 
 
 _MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
