@@ -182,6 +182,8 @@ def euclidean_iso_penalty(model: nn.Module, x: Tensor, epsilon: float, scale: Op
 
     Returns:
         ``(B,)``, differentiable w.r.t. the parameters; 0 iff ``J_φJ_φᵀ = K²P`` (exact estimator).
+
+    Shape: x (B, ...) → (B,).
     """
     return _euclid(model, x, epsilon, scale, output, estimator, num_probes, generator, squared, probe)[0]
 
@@ -227,6 +229,8 @@ class EuclideanISOLoss(_ScheduledISO):
     ``generator`` as in :func:`euclidean_iso_penalty`; ``eta``, ``eta_min``, ``eta_max``,
     ``num_epochs``, ``reduction`` as in :class:`liplayers.regularizers.ISOLoss` (call
     :meth:`set_epoch` each epoch for the schedule). ``forward(model, x, y) -> loss``.
+
+    Shape: x (B, ...), y (B,) → scalar, or (B,) with ``reduction="none"``.
     """
 
     def __init__(self, epsilon: float, scale: Optional[float] = None, *, output: str = "probs",
@@ -331,6 +335,8 @@ def layerwise_iso_penalty(model: Union[nn.Sequential, Sequence[nn.Module]], x: T
     Returns:
         ``(B,)`` (and the logits), differentiable w.r.t. the parameters; 0 iff every
         (penalized) block is a partial isometry of factor ``K_ℓ`` at the data (exact estimator).
+
+    Shape: x (B, ...) → (B,) (logits (B, C) with ``return_logits``).
     """
     _check_x(x)
     blocks = layer_blocks(model) if isinstance(model, nn.Module) else list(model)
@@ -365,6 +371,8 @@ class LayerwiseISOLoss(nn.Module):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     ``forward(model, x, y) -> loss``; the logits come from the same pass as the penalty.
+
+    Shape: x (B, ...), y (B,) → scalar, or (B,) with ``reduction="none"``.
     """
 
     def __init__(self, lam: float = 1.0, scales: Union[float, Sequence[float]] = 1.0, *, skip_last: bool = True,
