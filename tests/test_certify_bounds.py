@@ -217,7 +217,7 @@ def test_max_pooling_bounds_are_sound_and_tight(module, shape, expected):
 def test_activation_constants_bound_the_derivative():
     z = torch.linspace(-12, 12, 200001, dtype=torch.float64, requires_grad=True)
     for act in (nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Mish(), nn.Hardswish(), nn.SELU(),
-                nn.CELU(0.5), nn.Softplus(beta=2.0, threshold=float('inf')), nn.LogSigmoid(), nn.Tanhshrink(), nn.Hardsigmoid(),
+                nn.CELU(0.5), nn.LogSigmoid(), nn.Tanhshrink(), nn.Hardsigmoid(),
                 nn.PReLU(init=-1.7).double(), nn.ELU(2.0)):
         (g,) = torch.autograd.grad(act(z).sum(), z)
         assert float(g.abs().max()) <= lipschitz_bound(act), type(act).__name__

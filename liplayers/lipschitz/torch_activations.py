@@ -24,15 +24,14 @@ LeakyReLU(a)           max(1, |a|)                       non-finite a
 PReLU                  max(1, max |a|)                   non-finite a
 RReLU(l, u)            max(1, |l|, |u|)                  non-finite l, u
 Softshrink(λ)          1                                 λ < 0 (the pieces overlap: a jump)
-Softplus(β, t)         1                                 β ≤ 0, finite threshold t (torch switches
-                                                         to x at βx > t: a jump of log(1+e^{−t})/β)
 =====================  ===============================  ==========================================
 
-Discontinuous activations (Threshold, Hardshrink) have no Lipschitz constant and are not registered.
+Discontinuous activations (Threshold, Hardshrink) have no Lipschitz constant and are not registered, nor is
+Softplus: torch switches to x where βx > threshold (a jump of log(1 + e^{−threshold})/β), and with
+threshold = ∞ its exp overflows to ∞ for βx > 709 — the function computed is not the 1-Lipschitz one.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -96,17 +95,4 @@ def _rrelu(m: nn.RReLU, input_shape) -> float:
 @register_both(nn.Softshrink)
 def _softshrink(m: nn.Softshrink, input_shape) -> float:
     real_arg(m, "lambd", lo=0.0)
-    return 1.0
-
-
-@register_both(nn.Softplus)
-def _softplus(m: nn.Softplus, input_shape) -> float:
-    real_arg(m, "beta", lo=0.0, lo_open=True)
-    t = m.threshold
-    if not (isinstance(t, (int, float)) and t == math.inf):
-        from .protocol import UnboundedModuleError
-
-        raise UnboundedModuleError(
-            f"Softplus.threshold = {t!r}: torch returns x where βx > threshold, a jump of log(1 + e^(-threshold))/β "
-            "at the switch, so the function is not Lipschitz; use threshold=float('inf')")
     return 1.0

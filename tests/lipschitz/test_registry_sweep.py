@@ -28,7 +28,7 @@ TORCH_TYPES = [t for t in TORCH_TYPES if t.__module__.startswith("torch.")]
 OURS = [L.GroupSort, L.MaxMin, L.FullSort, L.Residual, L.L2NormPool2d, L.ScaledAvgPool2d, L.GlobalL2Pool2d,
         L.HouseholderActivation]
 ELEMENTWISE = set(ta._CONSTANTS) | {torch.nn.ELU, torch.nn.CELU, torch.nn.LeakyReLU, torch.nn.RReLU,
-                                    torch.nn.Softshrink, torch.nn.Softplus}
+                                    torch.nn.Softshrink}
 COUNTS: dict = collections.defaultdict(collections.Counter)
 SETTINGS = settings(max_examples=6, derandomize=True, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
