@@ -1,6 +1,6 @@
 """Convolutional 1-Lipschitz layers side by side: train step, eval forward, operator norms.
 
-Setting (issue 5): 64→64 channels, 3×3, 32×32 inputs, batch 64, float32. Every
+Setting: 64→64 channels, 3×3, 32×32 inputs, batch 64, float32. Every
 implementation is first trained for ``--warmup`` Adam steps (lr 1e-3) on a random regression
 task (so the measurements are not those of the initialization), then timed in interleaved
 rounds: in each round every implementation runs one train step (forward + backward + Adam
@@ -47,12 +47,13 @@ def implementations() -> Dict[str, Tuple[Callable[[], nn.Module], str]]:
     impls: Dict[str, Tuple[Callable[[], nn.Module], str]] = {
         "nn.Conv2d": (lambda: nn.Conv2d(C, C, K, padding=1), "zeros"),
         "nn.Conv2d (circular)": (lambda: nn.Conv2d(C, C, K, padding=1, padding_mode="circular"), "circular"),
-        "liplayers OrthoConv2d": (lambda: L.OrthoConv2d(C, C, K), "zeros"),
-        "liplayers OrthoConv2d (circular)": (lambda: L.OrthoConv2d(C, C, K, padding_mode="circular"), "circular"),
-        "liplayers SpectralConv2d": (lambda: L.SpectralConv2d(C, C, K, input_size=(N, N)), "zeros"),
+        "liplayers OrthoConv2d": (lambda: L.OrthoConv2d(C, C, K, padding=1), "zeros"),
+        "liplayers OrthoConv2d (circular)": (lambda: L.OrthoConv2d(C, C, K, padding=1, padding_mode="circular"),
+                                             "circular"),
+        "liplayers SpectralConv2d": (lambda: L.SpectralConv2d(C, C, K, padding=1, input_size=(N, N)), "zeros"),
         "liplayers SpectralConv2d (circular)": (
-            lambda: L.SpectralConv2d(C, C, K, padding_mode="circular", input_size=(N, N)), "circular"),
-        "liplayers RKOConv2d": (lambda: L.RKOConv2d(C, C, K), "zeros"),
+            lambda: L.SpectralConv2d(C, C, K, padding=1, padding_mode="circular", input_size=(N, N)), "circular"),
+        "liplayers RKOConv2d": (lambda: L.RKOConv2d(C, C, K, padding=1), "zeros"),
         "torch spectral_norm(Conv2d)": (lambda: P.spectral_norm(nn.Conv2d(C, C, K, padding=1)), "zeros"),
     }
     try:

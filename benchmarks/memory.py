@@ -99,9 +99,9 @@ def dense_layers(n: int) -> Dict[str, Callable[[], nn.Module]]:
 def conv_layers(c: int, hw: int) -> Dict[str, Callable[[], nn.Module]]:
     return {
         "nn.Conv2d": lambda: nn.Conv2d(c, c, 3, padding=1),
-        "OrthoConv2d": lambda: L.OrthoConv2d(c, c, 3),
-        "SpectralConv2d": lambda: L.SpectralConv2d(c, c, 3, input_size=(hw, hw)),
-        "RKOConv2d": lambda: L.RKOConv2d(c, c, 3),
+        "OrthoConv2d": lambda: L.OrthoConv2d(c, c, 3, padding=1),
+        "SpectralConv2d": lambda: L.SpectralConv2d(c, c, 3, padding=1, input_size=(hw, hw)),
+        "RKOConv2d": lambda: L.RKOConv2d(c, c, 3, padding=1),
     }
 
 

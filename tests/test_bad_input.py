@@ -129,7 +129,7 @@ def test_wrong_input_shapes_name_the_problem():
     with pytest.raises(ValueError, match=r"expects input \(B, 2, H, W\)"):
         L.OrthoConv2d(2, 2, 3)(torch.randn(2, 4, 4))
     with pytest.raises(ValueError, match="divisible by 2"):
-        L.OrthoConv2d(2, 4, 3, stride=2)(torch.randn(1, 2, 5, 4))
+        L.OrthoConv2d(2, 4, 3, stride=2, padding="same", padding_mode="circular")(torch.randn(1, 2, 5, 4))
     with pytest.raises(RuntimeError, match="channels"):
         L.SpectralConv2d(2, 2, 3)(torch.randn(1, 3, 4, 4))
     with pytest.raises(ValueError, match="does not have 4 channels"):

@@ -36,11 +36,11 @@ def make_model() -> nn.Module:
     """Every parametrized layer type, float64, deterministic initialization."""
     torch.manual_seed(0)
     return L.Sequential(
-        L.OrthoConv2d(2, 4, 3),
+        L.OrthoConv2d(2, 4, 3, padding="same"),
         L.MaxMin(dim=1),
-        L.SpectralConv2d(4, 4, 3, input_size=SHAPE[1:]),
+        L.SpectralConv2d(4, 4, 3, padding="same", input_size=SHAPE[1:]),
         L.HouseholderActivation(4, dim=1),
-        L.RKOConv2d(4, 4, 3),
+        L.RKOConv2d(4, 4, 3, padding="same"),
         L.GroupSort(4, dim=1),
         nn.Flatten(),
         L.BjorckLinear(64, 16),

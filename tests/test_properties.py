@@ -75,13 +75,13 @@ def conv_models(draw):
         c_out = draw(st.sampled_from([2, 4]))
         k = draw(st.sampled_from([1, 2, 3]))
         if kind == "ortho":
-            layers.append(L.OrthoConv2d(c, c_out, k))
+            layers.append(L.OrthoConv2d(c, c_out, k, padding="same"))
         elif kind == "ortho_circ":
-            layers.append(L.OrthoConv2d(c, c_out, k, padding_mode="circular"))
+            layers.append(L.OrthoConv2d(c, c_out, k, padding="same", padding_mode="circular"))
         elif kind == "spectral":
-            layers.append(L.SpectralConv2d(c, c_out, 3, input_size=(hw, hw)))
+            layers.append(L.SpectralConv2d(c, c_out, 3, padding="same", input_size=(hw, hw)))
         elif kind == "rko":
-            layers.append(L.RKOConv2d(c, c_out, 3))
+            layers.append(L.RKOConv2d(c, c_out, 3, padding="same"))
         else:
             layers.append(nn.Conv2d(c, c_out, 3, padding=1))
         c = c_out
@@ -199,7 +199,7 @@ def gnp_models(draw):
     c, hw = draw(st.sampled_from([2, 4])), 4
     layers = []
     for _ in range(draw(st.integers(1, 2))):
-        layers += [L.OrthoConv2d(c, c, draw(st.sampled_from([2, 3])), padding_mode="circular"),
+        layers += [L.OrthoConv2d(c, c, draw(st.sampled_from([2, 3])), padding="same", padding_mode="circular"),
                    _gnp_activation(draw, c, 1)]
     layers += [nn.Flatten(), L.BjorckLinear(c * hw * hw, 1)]
     return L.Sequential(*layers), (c, hw, hw)

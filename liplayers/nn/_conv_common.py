@@ -18,16 +18,6 @@ def _check_padding_mode(mode: str, allowed: Sequence[str], layer: str) -> None:
         raise ValueError(f"{layer}: padding_mode must be one of {tuple(allowed)}, got {mode!r}")
 
 
-
-def _pads_arg(pads) -> Union[str, Tuple[int, int]]:
-    """A ``padding`` argument for conv2d_lipschitz_bound reproducing resolved pads."""
-    (pt, pb), (pl, pr) = pads
-    if pt == pb and pl == pr:
-        return (pt, pl)
-    return "same"
-
-
-
 def _normalize_conv_padding(padding, kernel_size, stride, dilation):
     """nn.Conv2d rejects 'same' with stride > 1: map it to the symmetric (k−1)/2·d padding."""
     ks, st, dl = _pair(kernel_size), _pair(stride), _pair(dilation)

@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..functional.conv import _pair, _spatial, circular_conv2d, conv2d_lipschitz_bound, resolve_padding, window_multiplicity
+from ..functional.conv import _spatial, circular_conv2d, conv2d_lipschitz_bound, resolve_padding, window_multiplicity
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import eval_mode_weight, orthogonal_init_
 from ..parametrizations.operator_norm import OperatorNormalized as _OperatorNormalized
 from ..parametrizations.rko import RKONormalized as _RKONormalized
 from ._conv_common import Size2, _check_padding_mode, _normalize_conv_padding
+from .linear import _load_plain_weight
 
 __all__ = ["SpectralConv2d", "RKOConv2d"]
 
@@ -29,6 +30,19 @@ class _ConvLipschitzMixin(LipschitzModule):
         """Guaranteed bound of the eval operator (:func:`conv2d_lipschitz_bound` of its kernel)."""
         return conv2d_lipschitz_bound(self.eval_weight(), input_shape, self.stride, self.padding,
                                       self.dilation, self.padding_mode, self.groups)
+
+    def _prepare(self, input: Tensor) -> None:
+        """Eager set-up before the weight is read (SpectralConv2d: the input size)."""
+
+    # Eager under torch.compile (one graph break per layer): the weight map reads parameter
+    # versions, on which a compiled graph does not guard, and runs data-dependent iterations.
+    # Tracing the convolution after that break would not help: the break isolates it in a graph of
+    # its own (inductor only adds layout copies there), and torch's parametrize gives every
+    # instance its own class, so that graph would be recompiled for every layer and mode.
+    @torch.compiler.disable
+    def forward(self, input: Tensor) -> Tensor:
+        self._prepare(input)
+        return self._conv_forward(input, self.weight, self.bias)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if (self.padding_mode == "circular" and self.stride == (1, 1)
@@ -56,7 +70,8 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
     r"""``nn.Conv2d`` whose kernel is divided by the spectral norm of its convolution operator.
 
     Drop-in for ``nn.Conv2d`` (subclass; ``weight`` is the normalized kernel, the free kernel
-    is ``parametrizations.weight.original``). Shapes as ``nn.Conv2d``. Unlike normalizing the
+    is ``parametrizations.weight.original``; a plain ``nn.Conv2d`` state dict loads into it, its
+    ``weight`` becoming the free kernel). Shapes as ``nn.Conv2d``. Unlike normalizing the
     reshaped kernel (``torch.nn.utils.spectral_norm``, which can leave the operator norm well
     above 1), the normalization is by the norm of the operator at the configured input size:
 
@@ -71,14 +86,15 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
     ``input_shape`` (size-independent, slightly above 1, when None).
 
     Args:
-        in_channels, ..., padding_mode: as ``nn.Conv2d``; padding default ``'same'``;
-            padding_mode ``'zeros'`` or ``'circular'``.
+        in_channels, ..., padding_mode: as ``nn.Conv2d`` (padding default 0; ``'same'`` is also
+            accepted with stride > 1 for odd kernels, as (k − 1)/2); padding_mode ``'zeros'`` or
+            ``'circular'``.
         input_size: (H, W) of the inputs, or None.
         power_iterations: power-iteration steps per training forward.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
-                 padding: Union[str, Size2] = "same", dilation: Size2 = 1, groups: int = 1, bias: bool = True,
+                 padding: Union[str, Size2] = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None, *,
                  input_size: Optional[Sequence[int]] = None, power_iterations: int = 1) -> None:
         _check_padding_mode(padding_mode, ("zeros", "circular"), "SpectralConv2d")
@@ -90,6 +106,7 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
         param = _OperatorNormalized(self.kernel_size, self.stride, self.padding, self.dilation, padding_mode,
                                     groups, input_size, power_iterations)
         parametrize.register_parametrization(self, "weight", param)
+        self.register_load_state_dict_pre_hook(_load_plain_weight)
 
     @property
     def normalizer(self) -> _OperatorNormalized:
@@ -99,11 +116,14 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
         """Guaranteed bound of the eval operator (see :class:`_ConvLipschitzMixin`)."""
         return super().lipschitz_bound(input_shape)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 and self.normalizer.input_size != tuple(x.shape[-2:]):
-            if self.normalizer.input_size is None:
-                self.normalizer.set_input_size(tuple(x.shape[-2:]))
-        return super().forward(x)
+    def _prepare(self, input: Tensor) -> None:
+        if input.dim() in (3, 4) and self.normalizer.input_size is None:
+            self.normalizer.set_input_size(tuple(input.shape[-2:]))  # the first forward fixes the size
+
+    @torch.compiler.disable  # see _ConvLipschitzMixin.forward
+    def forward(self, input: Tensor) -> Tensor:
+        self._prepare(input)
+        return self._conv_forward(input, self.weight, self.bias)
 
 
 
@@ -124,12 +144,16 @@ class RKOConv2d(_ConvLipschitzMixin, nn.Conv2d):
     (the operator's singular values spread below 1). :meth:`lipschitz_bound` reports the
     exact/FFT bound of the kernel used, which is usually well below 1.
 
-    Args: as ``nn.Conv2d`` (padding default 'same'; padding_mode 'zeros' or 'circular';
-    groups 1); ``tol``, ``max_iterations``: Björck settings.
+    Drop-in for ``nn.Conv2d`` (subclass; ``weight`` is the rescaled kernel, the free kernel is
+    ``parametrizations.weight.original``; a plain ``nn.Conv2d`` state dict loads into it).
+    Shapes as ``nn.Conv2d``.
+
+    Args: as ``nn.Conv2d`` (padding default 0; padding_mode 'zeros' or 'circular'; groups 1);
+    ``tol``, ``max_iterations``: Björck settings.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
-                 padding: Union[str, Size2] = "same", dilation: Size2 = 1, groups: int = 1, bias: bool = True,
+                 padding: Union[str, Size2] = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None, *, tol: Optional[float] = None,
                  max_iterations: int = 40) -> None:
         _check_padding_mode(padding_mode, ("zeros", "circular"), "RKOConv2d")
@@ -144,6 +168,7 @@ class RKOConv2d(_ConvLipschitzMixin, nn.Conv2d):
         self.patch_multiplicity = m
         param = _RKONormalized(1.0 / math.sqrt(m), tol=tol, max_iterations=max_iterations)
         parametrize.register_parametrization(self, "weight", param)
+        self.register_load_state_dict_pre_hook(_load_plain_weight)
 
     def reset_parameters(self) -> None:
         w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight

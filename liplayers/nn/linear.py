@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.spectral import spectral_norm_exact
@@ -20,8 +21,32 @@ def _check_features(layer: str, in_features, out_features) -> None:
             raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
 
 
+def _load_plain_weight(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                       error_msgs) -> None:
+    """Load-state-dict pre-hook: accept the state dict of the plain torch layer (``weight``, ``bias``).
+
+    ``weight`` becomes the free parameter ``parametrizations.weight.original`` (the weight map
+    is applied to it at the next forward); buffers of the weight map that a plain state dict
+    lacks (power-iteration vectors) keep their current values.
+    """
+    plain, stored = prefix + "weight", prefix + "parametrizations.weight.original"
+    if plain in state_dict and stored not in state_dict:
+        state_dict[stored] = state_dict.pop(plain)
+        for name, buf in module.parametrizations.weight.named_buffers():
+            state_dict.setdefault(prefix + "parametrizations.weight." + name, buf)
+
+
 class _ParametrizedLinear(nn.Linear, LipschitzModule):
     """``nn.Linear`` whose ``weight`` is read through a parametrization."""
+
+    # Eager under torch.compile (one graph break per layer): the weight map reads the parameter's
+    # version, on which a compiled graph does not guard, and runs data-dependent iterations.
+    # Tracing the product after that break would not help: the break isolates it in a graph of its
+    # own, and torch's parametrize gives every instance its own class, so that graph would be
+    # recompiled for every layer and mode (8 entries at most per code object).
+    @torch.compiler.disable
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.weight, self.bias)
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """Exact (float64 SVD, +1e-9 relative) spectral norm of the weight used in eval mode."""
@@ -49,8 +74,10 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
 class BjorckLinear(_ParametrizedLinear):
     r"""Linear layer with a (semi-)orthonormal weight: y = x Wᵀ + b, W = polar(V).
 
-    Drop-in for ``nn.Linear`` (same arguments; ``weight`` and ``bias`` attributes; works in any
-    module). Shapes: input (*, in_features) → output (*, out_features). Guarantees (to the
+    Drop-in for ``nn.Linear`` (subclass, same arguments; ``weight`` and ``bias`` attributes; a
+    plain ``nn.Linear`` state dict loads into it, its weight being orthonormalized at the next
+    forward; :func:`~liplayers.nn.export` gives back a plain ``nn.Linear``).
+    Shape: input (*, in_features) → output (*, out_features). Guarantees (to the
     tolerance ``tol`` on ‖WᵀW − I‖₂): for out ≤ in, W has orthonormal rows (‖W‖₂ = 1, W Wᵀ = I);
     for out ≥ in, orthonormal columns, so the layer preserves norms and gradient norms
     (gradient-norm preserving, GNP). :meth:`lipschitz_bound` reports the exact norm of the
@@ -78,6 +105,7 @@ class BjorckLinear(_ParametrizedLinear):
         parametrize.register_parametrization(
             self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order)
         )
+        self.register_load_state_dict_pre_hook(_load_plain_weight)
 
     def reset_parameters(self) -> None:
         # orthogonal init (called by nn.Linear.__init__ before the parametrization exists)
@@ -95,7 +123,8 @@ class BjorckLinear(_ParametrizedLinear):
 class SpectralLinear(_ParametrizedLinear):
     r"""Linear layer with weight divided by its spectral norm: y = x (V/σ(V))ᵀ + b.
 
-    Drop-in for ``nn.Linear``; shapes (*, in_features) → (*, out_features). σ is estimated by
+    Drop-in for ``nn.Linear`` (subclass; a plain ``nn.Linear`` state dict loads into it).
+    Shape: (*, in_features) → (*, out_features). σ is estimated by
     power iteration with a persistent vector (buffer ``parametrizations.weight.0.u``):
     ``train_iterations`` per training forward, and in eval refined to a relative tolerance
     once per parameter version (cached; no iteration per eval forward). ‖W‖₂ is 1 up to the
@@ -116,3 +145,4 @@ class SpectralLinear(_ParametrizedLinear):
         param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations,
                                    train_iterations=train_iterations)
         parametrize.register_parametrization(self, "weight", param.to(self.weight.device))
+        self.register_load_state_dict_pre_hook(_load_plain_weight)

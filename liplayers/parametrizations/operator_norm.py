@@ -1,15 +1,14 @@
 """Spectral normalization of a convolution *operator* (not of the reshaped kernel) as a weight map."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional.conv import (_pair, _spatial, circular_conv_norm, conv_operator_power_iteration,
-                               grouped_to_dense_kernel, resolve_padding)
+from ..functional.conv import (_spatial, circular_conv_norm, conv_operator_power_iteration, grouped_to_dense_kernel,
+                               resolve_padding)
 from ._common import compute_dtype as _compute_dtype, version_key as _version_key
 
 __all__ = ["OperatorNormalized"]
@@ -79,25 +78,28 @@ class OperatorNormalized(nn.Module):
         dense = grouped_to_dense_kernel(k.detach().to(torch.float64), self.groups)
         return circular_conv_norm(dense, grid, s, self.dilation)
 
-    def forward(self, v: Tensor) -> Tensor:
-        if self.training:
-            if self.input_size is None:
-                return v  # shape inference before the first real forward (should not happen)
-            grid, _ = self.majorant()
-            shape = (1, v.shape[1] * self.groups, grid[0], grid[1])
-            cd = _compute_dtype(v.dtype)  # power iteration and V/σ in float32 at least
-            if self.u.shape != shape:
-                g = torch.Generator(device="cpu").manual_seed(0)
-                self.u = torch.randn(shape, generator=g, dtype=cd).to(v.device)
-            kd = v.detach().to(cd)
-            _, u = conv_operator_power_iteration(self._op(kd), self.u.to(cd), self.iterations)
-            if not bool(torch.isfinite(u).all()):
-                raise ValueError("SpectralConv2d: the kernel contains non-finite values (NaN or Inf)")
-            with torch.no_grad():
-                self.u.copy_(u)
-            sigma = self._op(v.to(cd))(u).norm()
-            return (v.to(cd) / sigma).to(v.dtype)
-        key = (v._version, v.data_ptr(), v.dtype, v.device, self.input_size)
+    # The helpers below run eagerly under torch.compile (one graph break per call): the power
+    # iteration differentiates through the operator (autograd.grad) and updates a buffer; the
+    # eval cache reads the parameter's version, on which a compiled graph does not guard.
+    @torch.compiler.disable
+    def _train_vector(self, v: Tensor) -> Tensor:
+        """Power-iteration step(s) from the persistent ``u`` (no grad); returns the new unit ``u``."""
+        grid, _ = self.majorant()
+        shape = (1, v.shape[1] * self.groups, grid[0], grid[1])
+        cd = _compute_dtype(v.dtype)  # power iteration and V/σ in float32 at least
+        if self.u.shape != shape:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            self.u = torch.randn(shape, generator=g, dtype=cd).to(v.device)
+        _, u = conv_operator_power_iteration(self._op(v.detach().to(cd)), self.u.to(cd), self.iterations)
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("SpectralConv2d: the kernel contains non-finite values (NaN or Inf)")
+        with torch.no_grad():
+            self.u.copy_(u)
+        return u
+
+    @torch.compiler.disable
+    def _eval_weight(self, v: Tensor) -> Tensor:
+        key = _version_key(v) + (self.input_size,)
         if self._cache_key != key:
             if self.input_size is None:
                 raise RuntimeError("SpectralConv2d: the input size is not known (pass input_size or run a forward)")
@@ -105,6 +107,16 @@ class OperatorNormalized(nn.Module):
                 self._cache = (v.detach().to(torch.float64) / self.exact_norm(v)).to(v.dtype)
             self._cache_key = key
         return self._cache
+
+    def forward(self, v: Tensor) -> Tensor:
+        if not self.training:
+            return self._eval_weight(v)
+        if self.input_size is None:
+            return v  # shape inference before the first real forward (should not happen)
+        u = self._train_vector(v)
+        cd = _compute_dtype(v.dtype)
+        sigma = self._op(v.to(cd))(u).norm()  # differentiable in the kernel
+        return (v.to(cd) / sigma).to(v.dtype)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         return w

@@ -45,7 +45,8 @@ class SpectralNormalized(nn.Module):
         self._cache_key: Optional[tuple] = None
         self._cache: Optional[Tensor] = None
 
-    def _sigma(self, v: Tensor, update: bool) -> Tensor:
+    def _power(self, v: Tensor, update: bool):
+        """(σ, u, v) by power iteration from the persistent ``u`` (no grad); ``update`` stores u."""
         # matrix-vector products are cheap: iterate in float64 so the stopping test is not
         # fooled by float32 rounding of σ
         dtype = torch.complex128 if v.is_complex() else torch.float64
@@ -54,6 +55,13 @@ class SpectralNormalized(nn.Module):
         if update:
             with torch.no_grad():
                 self.u.copy_(u.to(self.u.dtype))
+        return sigma, u, vec
+
+    @torch.compiler.disable  # in-place buffer update from a loop: eager, one graph break under compile
+    def _train_vectors(self, v: Tensor):
+        return self._power(v, update=True)
+
+    def _sigma(self, v: Tensor, sigma: Tensor, u: Tensor, vec: Tensor) -> Tensor:
         cd = _compute_dtype(v.dtype)  # σ and V/σ in float32 at least (bf16/fp16 weights)
         if self.detach_sigma:
             return sigma.to(cd)
@@ -63,7 +71,8 @@ class SpectralNormalized(nn.Module):
         if v.dim() != 2:
             raise ValueError(f"SpectralNormalized expects a 2-D weight, got shape {tuple(v.shape)}")
         if self.training:
-            return (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=True)).to(v.dtype)
+            sigma = self._sigma(v, *self._train_vectors(v))
+            return (v.to(_compute_dtype(v.dtype)) / sigma).to(v.dtype)
         return self._eval_weight(v)
 
     @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
@@ -71,7 +80,8 @@ class SpectralNormalized(nn.Module):
         key = _version_key(v)
         if self._cache_key != key:
             with torch.no_grad():
-                self._cache = (v.to(_compute_dtype(v.dtype)) / self._sigma(v, update=False)).to(v.dtype)
+                sigma = self._sigma(v, *self._power(v, update=False))
+                self._cache = (v.to(_compute_dtype(v.dtype)) / sigma).to(v.dtype)
             self._cache_key = key
         return self._cache
 

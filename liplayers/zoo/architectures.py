@@ -34,8 +34,9 @@ def gnp_conv_net(
     r"""A GNP convolutional classifier: ``blocks`` stages, each halving the resolution.
 
     Architecture: for each stage b (width w_b = width·2^b):
-    ``convs_per_block`` × [OrthoConv2d(·, w_b, k) → MaxMin(dim=1)], then
-    OrthoConv2d(w_b, 2·w_b, k, stride=2) → MaxMin (pixel unshuffle + orthogonal conv). Head:
+    ``convs_per_block`` × [OrthoConv2d(·, w_b, k, padding='same') → MaxMin(dim=1)], then
+    OrthoConv2d(w_b, 2·w_b, k, stride=2, padding='same') → MaxMin (an orthogonal stride-2
+    convolution: pixel unshuffle + orthogonal conv, run as one strided conv). Head:
     Flatten → BjorckLinear(·, hidden) → MaxMin → BjorckLinear(hidden, num_classes).
     28×28 → 14 → 7; 32×32 → 16 → 8.
 
@@ -64,9 +65,10 @@ def gnp_conv_net(
     c, size, w = in_channels, input_size, width
     for _ in range(blocks):
         for _ in range(convs_per_block):
-            layers += [OrthoConv2d(c, w, kernel_size, padding_mode=padding_mode), MaxMin(dim=1)]
+            layers += [OrthoConv2d(c, w, kernel_size, padding="same", padding_mode=padding_mode), MaxMin(dim=1)]
             c = w
-        layers += [OrthoConv2d(c, 2 * w, kernel_size, stride=2, padding_mode=padding_mode), MaxMin(dim=1)]
+        layers += [OrthoConv2d(c, 2 * w, kernel_size, stride=2, padding="same", padding_mode=padding_mode),
+                   MaxMin(dim=1)]
         c, w, size = 2 * w, 2 * w, size // 2
     layers.append(nn.Flatten())
     flat = c * size * size
