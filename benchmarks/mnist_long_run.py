@@ -79,7 +79,9 @@ def main() -> None:
         print(f"resumed at epoch {start}", flush=True)
         if st.get("finish_at") and args.finish_at is None:
             args.finish_at = st["finish_at"]
-    if args.finish_at is not None and args.finish_at > start:
+    if args.finish_at is not None and args.finish_at <= start:
+        args.epochs = start  # already finished: evaluate only
+    elif args.finish_at is not None:
         lr_now = opt.param_groups[0]["lr"]
         remaining = (args.finish_at - start) * steps_per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(
