@@ -60,14 +60,15 @@ def registry_sweep(examples: int) -> dict:
     return {k: dict(v) for k, v in counts.items()}
 
 
-def attack_sweep(points: int, steps: int, restarts: int, seeds: int) -> dict:
+def attack_sweep(points: int, steps: int, restarts: int, seeds: int, torchattacks=None) -> dict:
     out = {}
     for name in sorted(FAMILIES):
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             tot = viol = 0
             for seed in range(seeds):
                 try:
-                    p, v = sweep_one(name, dtype, n_points=points, steps=steps, restarts=restarts, seed=seed)
+                    p, v = sweep_one(name, dtype, n_points=points, steps=steps, restarts=restarts, seed=seed,
+                                     torchattacks=torchattacks)
                 except (RuntimeError, NotImplementedError, TypeError) as exc:
                     out[f"{name}/{dtype}"] = {"skipped": str(exc)[:120]}
                     break
@@ -86,12 +87,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="models (seeds) per family and dtype")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/soundness_sweep")
+    ap.add_argument("--skip-registry", action="store_true")
+    ap.add_argument("--torchattacks", action="store_true",
+                    help="also run torchattacks' L2 attacks (installed with pip install --no-deps torchattacks)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    reg = registry_sweep(args.examples)
+    reg = {} if args.skip_registry else registry_sweep(args.examples)
     t1 = time.time()
-    att = attack_sweep(args.points, args.steps, args.restarts, args.seeds)
+    from liplayers.certify.empirical import DEFAULT_TORCHATTACKS
+
+    att = attack_sweep(args.points, args.steps, args.restarts, args.seeds,
+                       DEFAULT_TORCHATTACKS if args.torchattacks else None)
     t2 = time.time()
     total = sum(sum(v.values()) for v in reg.values())
     checked = sum(v.get("checked", 0) for v in reg.values())

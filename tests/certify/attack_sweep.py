@@ -76,7 +76,8 @@ def build_and_train(name: str, dtype, steps: int = 5, seed: int = 0):
     return model.eval()
 
 
-def sweep_one(name: str, dtype, n_points: int = 16, steps: int = 20, restarts: int = 2, seed: int = 0):
+def sweep_one(name: str, dtype, n_points: int = 16, steps: int = 20, restarts: int = 2, seed: int = 0,
+              torchattacks=None):
     """(points certified and attacked, violations) for one family and dtype."""
     model = build_and_train(name, dtype, seed=seed)
     x, _ = data(name, n_points, dtype, seed + 1)
@@ -85,5 +86,7 @@ def sweep_one(name: str, dtype, n_points: int = 16, steps: int = 20, restarts: i
     if not bool(keep.any()):
         return 0, 0
     report = C.attack_check(model, x[keep], radius=radius[keep], steps=steps, restarts=restarts,
-                            torchattacks=None, generator=torch.Generator().manual_seed(seed))
+                            torchattacks=torchattacks, generator=torch.Generator().manual_seed(seed))
+    if torchattacks and report.skipped:
+        print(f"{name}/{dtype}: torchattacks skipped: {report.skipped}")
     return int(keep.sum()), int(report.violations)
