@@ -4,7 +4,8 @@ Every builder returns a :class:`~liplayers.nn.container.Sequential` whose
 ``lipschitz_bound(input_shape)`` is the product of the bounds of the layers actually built.
 The record architectures take the layer family by name (``conv='bcop'``, ``dense='bjorck'``,
 see :data:`CONV_FAMILIES`, :data:`DENSE_FAMILIES`). :data:`PRESETS` names (architecture,
-dataset) pairs: ``build_preset("6c2f-cifar10", conv="aol")``.
+dataset) pairs: ``build_preset("6c2f-cifar10", conv="aol")``. :func:`load` returns a pretrained
+network shipped with the package (``liplayers.zoo.load("mnist-l2-1.58")``).
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from .downsize import DOWNSIZE_WIDTHS, downsize_convnet
 from .gloro import gloro_4c3f, gloro_6c2f
 from .liresnet import liresnet
 from .lipconvnet import LIPCONVNET_DEPTHS, lipconvnet
+from .pretrained import MODEL_CARDS, available, load, mnist_4c3f
 
 __all__ = [
     "gnp_conv_net", "gnp_mlp",
     "gloro_4c3f", "gloro_6c2f", "lipconvnet", "LIPCONVNET_DEPTHS", "downsize_convnet", "DOWNSIZE_WIDTHS", "liresnet",
     "CONV_FAMILIES", "DENSE_FAMILIES", "ChannelPad", "FirstChannels", "conv_layers", "dense_layers",
-    "Preset", "PRESETS", "build_preset",
+    "Preset", "PRESETS", "build_preset", "load", "available", "MODEL_CARDS", "mnist_4c3f",
 ]
 
 _DATASETS = {
