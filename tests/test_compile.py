@@ -40,6 +40,20 @@ LAYERS = {
     "specconv": (lambda: L.SpectralConv2d(2, 4, 3, padding=1), (2, 2, 4, 4)),
     "rko": (lambda: L.RKOConv2d(2, 4, 3), (2, 2, 4, 4)),
     "pooling": (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), L.L2NormPool2d(2), L.ScaledAvgPool2d(2)), (2, 2, 4, 4)),
+    # the layer families of the records
+    "aol": (lambda: L.AOLLinear(6, 4), (3, 6)),
+    "aol_conv": (lambda: L.AOLConv2d(2, 4, 3, padding=1), (2, 2, 4, 4)),
+    "cpl": (lambda: L.CPLLinear(6), (3, 6)),
+    "cpl_conv": (lambda: L.CPLConv2d(2, 3), (2, 2, 4, 4)),
+    "sll": (lambda: L.SLLLinear(6), (3, 6)),
+    "sll_conv": (lambda: L.SLLConv2d(2), (2, 2, 4, 4)),
+    "soc": (lambda: L.SOCConv2d(2, 2, 3), (2, 2, 4, 4)),
+    "cayley": (lambda: L.CayleyConv2d(2, 2, 3), (2, 2, 4, 4)),
+    "bro": (lambda: L.BROLinear(6, 6), (3, 6)),
+    "bro_conv": (lambda: L.BROConv2d(2, 2, 3), (2, 2, 4, 4)),
+    "cholesky": (lambda: L.CholeskyLinear(6, 4), (3, 6)),
+    "linear_residual": (lambda: L.LinearResidualConv2d(2, 2, 3), (2, 2, 4, 4)),
+    "last_layer": (lambda: L.LastLayerNormalizedLinear(6, 3), (3, 6)),
 }
 
 

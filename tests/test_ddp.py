@@ -33,7 +33,7 @@ TIMEOUT_S = 150
 
 
 def make_model() -> nn.Module:
-    """Every parametrized layer type, float64, deterministic initialization."""
+    """Every parametrized layer type (the record families included), float64, deterministic initialization."""
     torch.manual_seed(0)
     return L.Sequential(
         L.OrthoConv2d(2, 4, 3, padding="same"),
@@ -42,6 +42,11 @@ def make_model() -> nn.Module:
         L.HouseholderActivation(4, dim=1),
         L.RKOConv2d(4, 4, 3, padding="same"),
         L.GroupSort(4, dim=1),
+        L.AOLConv2d(4, 4, 3, padding=1),
+        L.SLLConv2d(4),
+        L.CayleyConv2d(4, 4, 3),
+        L.BROConv2d(4, 4, 3),
+        L.SOCConv2d(4, 4, 3),
         nn.Flatten(),
         L.BjorckLinear(64, 16),
         L.MaxMin(),
@@ -50,6 +55,11 @@ def make_model() -> nn.Module:
         L.SpectralLinear(16, 8),
         L.MaxMin(),
         L.LInfLinear(8, 4),
+        L.AOLLinear(4, 4),
+        L.CholeskyLinear(4, 4),
+        L.SLLLinear(4),
+        L.CPLLinear(4),
+        L.BROLinear(4, 4),
     ).double()
 
 
@@ -81,7 +91,8 @@ def snapshot(model) -> dict:
     out = {f"state.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     for name, m in model.named_modules():
         if hasattr(m, "eval_weight"):
-            out[f"eval_weight.{name}"] = m.eval_weight().detach().clone()
+            w = m.eval_weight(SHAPE[1:]) if isinstance(m, (L.CayleyConv2d, L.BROConv2d)) else m.eval_weight()
+            out[f"eval_weight.{name}"] = w.detach().clone()
     out["bound"] = torch.tensor(C.lipschitz_bound(model, SHAPE), dtype=torch.float64)
     return out
 
@@ -104,7 +115,8 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
             ddp = nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=gav, broadcast_buffers=bb)
             train(model, xs, ys, forward=ddp)
             snap = snapshot(model)
-            snap["retract_steps"] = torch.tensor(model[7].orthonormalizer.last_steps)
+            first_bjorck = next(m for m in model if isinstance(m, L.BjorckLinear))
+            snap["retract_steps"] = torch.tensor(first_bjorck.parametrizations.weight[0].last_steps)
             torch.save(snap, os.path.join(outdir, f"rank{rank}_gav{int(gav)}_bb{int(bb)}.pt"))
         dist.barrier()
     finally:
