@@ -1,6 +1,6 @@
 """Certified accuracy of the ``liplayers demo`` GNP network on digits and (when present) MNIST.
 
-Runs ``liplayers demo`` (:func:`liplayers.cli.run_demo`) twice:
+Runs ``liplayers demo`` (:func:`liplayers.demo.run_demo`) twice:
 
 * **digits** — the demo's default configuration (what ``liplayers demo`` does on a fresh install);
 * **MNIST** — when ``../shared/data/mnist`` beside the checkout (the default data dir) or
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from liplayers.cli import build_parser, run_demo
+from liplayers.cli import build_parser
+from liplayers.demo import run_demo
 
 GLORO_158 = 0.628
 HERE = Path(__file__).resolve().parent

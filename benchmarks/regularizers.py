@@ -61,14 +61,14 @@ def main() -> None:
         "TRADES": TRADESLoss(**pgd),
         "FIRE": FIRELoss(**pgd),
         "Hellinger": HellingerLoss(**pgd),
-        "ISO-exact": ISOLoss(epsilon=1.0, eta=0.005, estimator="exact"),
+        "ISO-exact": ISOLoss(eps=1.0, lam=0.005, estimator="exact"),
         # unbiased for alpha^2 (Frobenius form, eq. 14 of Shi-Garrier et al. 2024): U-statistic of `--probes` JVPs
-        "ISO-rand-frob": ISOLoss(epsilon=1.0, eta=0.005, estimator="randomized", squared=True,
+        "ISO-rand-frob": ISOLoss(eps=1.0, lam=0.005, estimator="randomized", squared=True,
                                  num_probes=args.probes, generator=gen),
         # unbiased for the Gaussian-deviation form ((tr A)^2 + 2||A||_F^2) from ONE JVP
-        "ISO-randomized": ISOLoss(epsilon=1.0, eta=0.005, estimator="randomized", squared=True,
+        "ISO-randomized": ISOLoss(eps=1.0, lam=0.005, estimator="randomized", squared=True,
                                   deviation="gaussian", num_probes=1, generator=gen),
-        "JAC": JacobianLoss(lam=0.01, num_projections=1, method="jvp", generator=gen),
+        "JAC": JacobianLoss(lam=0.01, num_probes=1, estimator="jvp", generator=gen),
     }
 
     def step(name: str) -> float:

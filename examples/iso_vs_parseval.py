@@ -74,7 +74,7 @@ def build(method: str, d: int, width: int, epochs: int, args, generator: torch.G
     if method == "Parseval":
         return model, ce, ParsevalRetraction(model, beta=args.parseval_beta), None
     if method == "ISO":
-        iso = ISOLoss(epsilon=args.iso_epsilon, num_epochs=epochs)
+        iso = ISOLoss(eps=args.iso_eps, num_epochs=epochs)
         return model, iso, None, iso.set_epoch
     if method == "JAC":
         jac = JacobianLoss(lam=args.jac_lambda, generator=generator)
@@ -145,7 +145,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("--width", type=int, default=None, help="hidden width (default 128)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--iso-epsilon", type=float, default=1.0, help="ISO ε (L2 input units); K = δ_m/ε")
+    p.add_argument("--iso-eps", "--iso-epsilon", dest="iso_eps", type=float, default=1.0,
+                   help="ISO ε (L2 input units); K = δ_m/ε (--iso-epsilon: the old name)")
     p.add_argument("--parseval-beta", type=float, default=0.5, help="Parseval retraction β (0.5 = one Björck step)")
     p.add_argument("--jac-lambda", type=float, default=0.05)
     p.add_argument("--fire-lambda", type=float, default=6.0)
@@ -235,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     save_figure(fig, out, "robustness.png")
 
     results = {"config": {"dataset": args.dataset, "epochs": epochs, "seeds": n_seeds, "width": width, "lr": args.lr,
-                          "iso_epsilon": args.iso_epsilon, "parseval_beta": args.parseval_beta,
+                          "iso_eps": args.iso_eps, "parseval_beta": args.parseval_beta,
                           "jac_lambda": args.jac_lambda, "fire_lambda": args.fire_lambda, "fire_eps": args.fire_eps,
                           "fire_steps": args.fire_steps, "tau": args.tau, "attack_steps": attack_steps,
                           "limit": limit, "quick": quick},

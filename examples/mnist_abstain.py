@@ -57,8 +57,8 @@ def build(width: int, hidden: int) -> Sequential:
 class GloRoObjective:
     """``GloRoLoss`` on the model's logits with ``K_aj = 1·‖w_a − w_j‖`` and a linear ε ramp."""
 
-    def __init__(self, eps: float, ramp_steps: int, trades: Optional[float]):
-        self.loss = GloRoLoss(0.0, trades=trades)
+    def __init__(self, eps: float, ramp_steps: int, lam: Optional[float]):
+        self.loss = GloRoLoss(0.0, lam=lam)
         self.eps, self.ramp, self.t = eps, max(ramp_steps, 1), 0
 
     def __call__(self, model, x, y):

@@ -60,12 +60,13 @@ PAPER = {"vanilla": (0.9740, (0.42, 0.04, 0.01)), "ISO (paper)": (0.8829, (0.91,
 
 
 class Scheduled:
-    """``(1 − η)·CE(f(x), y) + η·mean(penalty(model, x[:r]))`` with ISO's η schedule, or ``CE + λ·…``."""
+    """``loss = (1 − lam_t)·CE(f(x), y) + lam_t·mean(penalty(model, x[:r]))`` with ISO's schedule
+    ``lam_t`` (:func:`iso_schedule`), or ``loss = CE + lam·mean(penalty)`` with a fixed ``lam``."""
 
     def __init__(self, penalty: Callable, num_epochs: int, reg_batch: int, lam: Optional[float] = None,
-                 eta_min: float = 0.002, eta_max: float = 0.006):
+                 lam_min: float = 0.002, lam_max: float = 0.006):
         self.penalty, self.num_epochs, self.reg_batch, self.lam = penalty, num_epochs, reg_batch, lam
-        self.eta_min, self.eta_max, self.epoch = eta_min, eta_max, 0
+        self.lam_min, self.lam_max, self.epoch = lam_min, lam_max, 0
         self.alpha_hist: List[float] = []
 
     def set_epoch(self, epoch: int) -> None:
@@ -78,8 +79,8 @@ class Scheduled:
         self.alpha_hist.append(float(pen.detach()))
         if self.lam is not None:
             return ce + self.lam * pen
-        eta = iso_schedule(self.epoch, self.num_epochs, self.eta_min, self.eta_max)
-        return (1 - eta) * ce + eta * pen
+        lam = iso_schedule(self.epoch, self.num_epochs, self.lam_min, self.lam_max)
+        return (1 - lam) * ce + lam * pen
 
 
 def iso_eps(K: float) -> float:

@@ -36,6 +36,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from .utils import restore_renamed_attributes
 from .parametrizations._pickle import (PicklableParametrizationMixin, _injected, _module_state, _new_module,
                                       _original_class, _reinject_parametrizations)
 
@@ -236,6 +237,7 @@ def load(path: PathLike, map_location="cpu", *, with_metadata: bool = False):
         raise ValueError(f"{path} does not hold a model saved by liplayers.io.save (found {type(obj).__name__})")
     tensors = _named_tensors(model)
     for module in model.modules():
+        restore_renamed_attributes(module)  # a file written before an attribute was renamed
         for attr, value in list(module.__dict__.items()):
             if _has_refs(value):
                 try:

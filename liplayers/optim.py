@@ -121,27 +121,32 @@ class Lookahead(torch.optim.Optimizer):
 def retract_(model: nn.Module) -> nn.Module:
     """Bring the stored parameters of retraction-based layers back onto their manifold, in place.
 
-    Reads every parametrized tensor (``torch.nn.utils.parametrize``) and every ``OrthoConv2d``
-    kernel once in training mode, which is when those layers retract their stored parameters
-    after a change (Björck steps for ``BjorckLinear`` / ``RKOConv2d``, polar factors for
-    BCOP's factors); other parametrizations are pure maps and are unaffected. The modes of
-    all modules are restored. Returns ``model``.
+    The stored parameter of a Björck map in retraction mode (``BjorckLinear``, ``RKOConv2d``)
+    is replaced by its polar factor (those layers retract only every few optimizer steps by
+    themselves); then every parametrized tensor (``torch.nn.utils.parametrize``) and every
+    ``OrthoConv2d`` kernel is read once in training mode, which is when BCOP retracts its
+    factors; other parametrizations are pure maps and are unaffected. The modes of all modules
+    are restored. Returns ``model``.
     """
+    from .lipschitz import eval_mode
     from .nn.conv_bcop import OrthoConv2d
+    from .parametrizations.bjorck import BjorckOrthonormal
 
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with eval_mode(model):  # restores every module's mode afterwards
         for m in model.modules():
             if parametrize.is_parametrized(m):
                 m.train()
                 for name in list(m.parametrizations.keys()):
+                    stored = m.parametrizations[name].original
+                    first = m.parametrizations[name][0]
+                    bj = first if isinstance(first, BjorckOrthonormal) else getattr(first, "bjorck", None)
+                    if isinstance(bj, BjorckOrthonormal) and bj.mode == "retract":
+                        matrix = stored.reshape(stored.shape[0], -1)
+                        stored.copy_(bj.orthonormalize(matrix).reshape(stored.shape))
                     getattr(m, name)
             elif isinstance(m, OrthoConv2d):
                 m.train()
                 m.weight
-    finally:
-        for m, mode in modes:
-            m.training = mode
     return model
 
 

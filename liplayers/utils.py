@@ -1,15 +1,103 @@
-"""Helpers shared by every layer of the library (imports only torch): data adapters and validation."""
+"""Helpers shared by every layer of the library (imports only torch): data adapters, validation and
+deprecated names."""
 from __future__ import annotations
 
-import math
+import functools
 import numbers
-from typing import Iterable, Iterator, Tuple
+import warnings
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Tuple, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["iter_batches", "as_dataset", "check_positive_int", "check_finite_tensor"]
+__all__ = ["iter_batches", "as_dataset", "check_positive_int", "check_finite_tensor", "renamed_kwargs",
+           "accepts_renamed_kwargs", "renamed_attribute", "restore_renamed_attributes"]
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _warn_renamed(who: str, old: str, new: str, what: str = "argument", stacklevel: int = 3) -> None:
+    warnings.warn(f"{who}: the {what} {old!r} is deprecated, use {new!r}", DeprecationWarning,
+                  stacklevel=stacklevel + 1)
+
+
+def renamed_kwargs(kwargs: Dict[str, object], renames: Mapping[str, str], who: str,
+                   stacklevel: int = 3) -> Dict[str, object]:
+    """Move deprecated keyword arguments of ``kwargs`` to their new names, in place, and return ``kwargs``.
+
+    Each old name present (``renames`` maps old → new) raises a ``DeprecationWarning`` naming
+    ``who``, the old and the new name; giving both names is a ``TypeError``, as a duplicate
+    argument is. ``stacklevel`` 3 points the warning at the caller of a function that calls this
+    one directly (the wrapper of :func:`accepts_renamed_kwargs` is such a function).
+    """
+    for old, new in renames.items():
+        if old in kwargs:
+            if new in kwargs:
+                raise TypeError(f"{who}: got both {old!r} (deprecated) and {new!r}; pass only {new!r}")
+            _warn_renamed(who, old, new, stacklevel=stacklevel)
+            kwargs[new] = kwargs.pop(old)
+    return kwargs
+
+
+def accepts_renamed_kwargs(renames: Mapping[str, str]) -> Callable[[_F], _F]:
+    """Decorator: the function (or ``__init__``) also accepts the old keyword names of ``renames``
+    (old → new), with a ``DeprecationWarning`` (:func:`renamed_kwargs`). Positional calls are unchanged."""
+    renames = dict(renames)
+
+    def wrap(fn: _F) -> _F:
+        name = fn.__qualname__
+        who = name[: -len(".__init__")] if name.endswith(".__init__") else name
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            if kwargs:
+                renamed_kwargs(kwargs, renames, who)
+            return fn(*args, **kwargs)
+
+        inner.__renamed_kwargs__ = renames  # type: ignore[attr-defined]
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+class _RenamedAttribute(property):
+    """A property that forwards to the attribute ``new`` (see :func:`renamed_attribute`)."""
+
+    old: str
+    new: str
+
+
+def renamed_attribute(old: str, new: str) -> property:
+    """A deprecated property ``old`` that reads and writes the attribute ``new`` with a ``DeprecationWarning``.
+
+    Objects pickled before the rename keep ``old`` in their ``__dict__``;
+    :func:`restore_renamed_attributes` moves it to ``new`` (``liplayers.io.load`` does).
+    """
+
+    def fget(self):
+        _warn_renamed(type(self).__name__, old, new, "attribute", stacklevel=2)
+        return getattr(self, new)
+
+    def fset(self, value):
+        _warn_renamed(type(self).__name__, old, new, "attribute", stacklevel=2)
+        setattr(self, new, value)
+
+    prop = _RenamedAttribute(fget, fset, doc=f"Deprecated alias of ``{new}``.")
+    prop.old, prop.new = old, new
+    return prop
+
+
+def restore_renamed_attributes(obj) -> None:
+    """Move the values an object unpickled from an older version stores under renamed attribute
+    names (``renamed_attribute`` properties of its class) to the new names."""
+    state = getattr(obj, "__dict__", None)
+    if not state:
+        return
+    for klass in type(obj).__mro__:
+        for prop in vars(klass).values():
+            if isinstance(prop, _RenamedAttribute) and prop.old in state and prop.new not in state:
+                state[prop.new] = state.pop(prop.old)
 
 
 def check_positive_int(value, name: str) -> int:

@@ -154,7 +154,7 @@ def test_wrong_input_shapes_name_the_problem():
     (lambda: L.OrthoConv2d(2, 2, 3, groups=2), "groups must be 1"),
     (lambda: L.OrthoConv2d(2, 2, 3, padding_mode="reflect"), "copies border pixels"),
     (lambda: L.SpectralConv2d(2, 2, 3, padding_mode="replicate"), "copies border pixels"),
-    (lambda: L.SpectralConv2d(2, 2, 3, power_iterations=0), "power_iterations must be >= 1"),
+    (lambda: L.SpectralConv2d(2, 2, 3, n_power_iterations=0), "n_power_iterations must be >= 1"),
     (lambda: L.ScaledAvgPool2d(0), "kernel_size, stride must be >= 1"),
     (lambda: L.L2NormPool2d(2, eps=-1.0), "eps must be >= 0"),
 ])

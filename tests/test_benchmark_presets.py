@@ -6,16 +6,12 @@ import sys
 
 import pytest
 
-from conftest import shared_data_dir
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.slow
-def test_mnist_preset_quick(tmp_path):
-    data = shared_data_dir()
-    if data is None or not os.path.isdir(os.path.join(data, "mnist")):
-        pytest.skip("MNIST IDX files not present beside the checkout")
+def test_mnist_preset_quick(tmp_path, mnist_dir):
+    data = mnist_dir
     cmd = [sys.executable, os.path.join(HERE, "..", "benchmarks", "certified_accuracy.py"), "--preset", "mnist-1.58",
            "--quick", "--seeds", "0", "--data-dir", data, "--out", str(tmp_path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_data_dir
 from liplayers.data import ENV_VAR, IDX_FILES, load_dataset, load_digits, load_idx_dataset, read_idx
 
 
@@ -83,10 +82,8 @@ def test_corrupt_idx_raises(tmp_path):
         read_idx(bad)
 
 
-def test_real_mnist_if_present():
-    root = shared_data_dir()
-    if root is None or not os.path.isdir(os.path.join(root, "mnist")):
-        pytest.skip("../shared/data/mnist is absent")
+def test_real_mnist_if_present(mnist_dir):
+    root = mnist_dir
     train, test = load_dataset("mnist", root, limit=2000)
     x, y = test.tensors
     assert x.shape == (2000, 1, 28, 28) and float(x.min()) == 0.0 and float(x.max()) == 1.0

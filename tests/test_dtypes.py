@@ -66,8 +66,9 @@ def test_full_precision_train_eval_bound(name, dtype):
     y = m.train()(x)
     assert y.dtype == dtype
     y.square().sum().backward()
-    for p in m.parameters():
-        assert p.grad is None or (p.grad.dtype == dtype and torch.isfinite(p.grad).all())
+    for name_p, p in m.named_parameters():  # every parameter takes part in the forward: each gets a gradient
+        assert p.grad is not None, name_p
+        assert p.grad.dtype == dtype and torch.isfinite(p.grad).all()
     assert x.grad.dtype == dtype
     m.eval()
     ye = m(x.detach())
@@ -153,9 +154,9 @@ def test_spectral_conv_power_iteration_in_float32_for_bfloat16(monkeypatch):
     seen = []
     orig = lparam.operator_norm.conv_operator_power_iteration
 
-    def wrapper(op, u, iterations=1):
+    def wrapper(op, u, n_power_iterations=1):
         seen.append(u.dtype)
-        return orig(op, u, iterations)
+        return orig(op, u, n_power_iterations)
 
     monkeypatch.setattr(lparam.operator_norm, "conv_operator_power_iteration", wrapper)
     m = L.SpectralConv2d(3, 4, 3, dtype=torch.bfloat16)

@@ -191,7 +191,8 @@ def test_export_options_and_errors(tmp_path):
 def test_docstring_examples():
     import doctest
 
+    import liplayers.nn.onnx_activation as activations
     import liplayers.onnx as module
 
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted >= 4
+    results = [doctest.testmod(m, optionflags=doctest.NORMALIZE_WHITESPACE) for m in (module, activations)]
+    assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) >= 4

@@ -12,9 +12,9 @@ Margin certificates (:mod:`.margins`)
     :func:`certified_radius` — multiclass (f_y − max_{j≠y} f_j)/(√2 L), binary |f|/L,
     ``norm="linf"`` via r₂/√n; :func:`certified_radius_last_layer` — min_j (f_y − f_j)/
     (‖w_y − w_j‖ L_body).
-Evaluation (:mod:`.evaluation`)
-    :func:`certify` → (prediction, radius), :func:`certified_accuracy` →
-    :class:`CertifiedAccuracy`, :func:`plot_certified_accuracy`, :class:`Certifier`.
+Evaluation (:mod:`.evaluation`, :mod:`.accuracy`)
+    :func:`certify` → (prediction, radius), :class:`Certifier`; :func:`certified_accuracy` →
+    :class:`CertifiedAccuracy`, :func:`plot_certified_accuracy`.
 Abstention (:mod:`.abstention`)
     :class:`AbstainingClassifier` (class ⊥ = :data:`ABSTAIN` = −1 when radius < margin),
     :class:`AbstentionReport`.
@@ -27,14 +27,8 @@ Empirical check (:mod:`.empirical`)
 from .abstention import AbstainingClassifier, AbstentionReport
 from .bounds import check_boundable, lipschitz_bound, lipschitz_lower_bound
 from .empirical import AttackCheckReport, attack_check
-from .evaluation import (
-    CertifiedAccuracy,
-    Certifier,
-    certified_accuracy,
-    certify,
-    plot_certified_accuracy,
-    split_last_linear,
-)
+from .accuracy import CertifiedAccuracy, certified_accuracy, plot_certified_accuracy
+from .evaluation import Certifier, certify, split_last_linear
 from .margins import ABSTAIN, certified_radius, certified_radius_last_layer, predict_from_logits
 from .smoothing import SmoothedClassifier, clopper_pearson_lower
 # L∞ margin certificates (.linf), mean certifiable robustness and the smoothed

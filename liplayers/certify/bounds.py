@@ -14,11 +14,12 @@ r"""Guaranteed Lipschitz upper bounds of a whole network, and an empirical lower
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from ..functional import random as _rng
+from ..utils import accepts_renamed_kwargs
 
 from ..lipschitz import UnboundedModuleError, allow_hooks as _allow_hooks, eval_mode, lipschitz_bound_of
 
@@ -113,7 +114,7 @@ def _local_norm_exact(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
     return s[:, 0], u[:, :, 0]
 
 
-def _local_norm_power(model: nn.Module, x: Tensor, iterations: int, generator) -> Tuple[Tensor, Tensor]:
+def _local_norm_power(model: nn.Module, x: Tensor, n_power_iterations: int, generator) -> Tuple[Tensor, Tensor]:
     """Power iteration on J Jᵀ per sample (J v by the double-backward trick); returns (σ, u)."""
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -126,7 +127,7 @@ def _local_norm_power(model: nn.Module, x: Tensor, iterations: int, generator) -
     with torch.enable_grad():
         # g(d) = Jᵀd is linear in d; differentiating g along v w.r.t. d gives J v
         (g,) = torch.autograd.grad(out, xr, grad_outputs=dummy, create_graph=True, retain_graph=True)
-    for _ in range(max(1, iterations)):
+    for _ in range(max(1, n_power_iterations)):
         with torch.enable_grad():
             (jtu,) = torch.autograd.grad(out, xr, grad_outputs=u, retain_graph=True)
             v = jtu.reshape(B, -1)
@@ -137,13 +138,14 @@ def _local_norm_power(model: nn.Module, x: Tensor, iterations: int, generator) -
     return sigma, u
 
 
+@accepts_renamed_kwargs({"iterations": "n_power_iterations"})
 def lipschitz_lower_bound(
     model: nn.Module,
     x: Tensor,
     *,
     steps: int = 3,
     step_size: float = 0.05,
-    iterations: int = 30,
+    n_power_iterations: int = 30,
     max_exact_outputs: int = 64,
     generator: Optional[torch.Generator] = None,
 ) -> float:
@@ -151,7 +153,7 @@ def lipschitz_lower_bound(
 
     At each point of ``x`` the Jacobian J of the flattened output w.r.t. the input is formed
     exactly by C vector–Jacobian products (C = output size ≤ ``max_exact_outputs``) and its
-    spectral norm taken by a float64 SVD; for larger outputs, ``iterations`` steps of power
+    spectral norm taken by a float64 SVD; for larger outputs, ``n_power_iterations`` steps of power
     iteration on J Jᵀ (products by autograd, J v by the double-backward trick) give a value
     that can only be ≤ ‖J‖₂. Then ``steps`` ascent steps per point: move x by
     ``step_size``·max(‖x‖₂, 1) along the gradient of ‖Jᵀu‖² (u the top left singular vector);
@@ -171,7 +173,7 @@ def lipschitz_lower_bound(
         x: points (B, ...), floating point, finite.
         steps: ascent steps per point (0: evaluate at ``x`` only).
         step_size: relative step length (see above); > 0.
-        iterations: power iterations (only for outputs larger than ``max_exact_outputs``).
+        n_power_iterations: power iterations (only for outputs larger than ``max_exact_outputs``).
         generator: random generator for the random directions / initial vectors.
 
     Returns:
@@ -188,9 +190,7 @@ def lipschitz_lower_bound(
     if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a finite float > 0, got {step_size!r}")
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):  # the modes of model and its children are restored after
         with torch.no_grad():
             n_out = _outputs(model, x[:1]).shape[1]
         exact = n_out <= max_exact_outputs
@@ -198,7 +198,7 @@ def lipschitz_lower_bound(
         def local(z: Tensor) -> Tuple[Tensor, Tensor]:
             if exact:
                 return _local_norm_exact(model, z)
-            return _local_norm_power(model, z, iterations, generator)
+            return _local_norm_power(model, z, n_power_iterations, generator)
 
         best, u = local(x)
         cur = x.detach()
@@ -234,7 +234,5 @@ def lipschitz_lower_bound(
             best = torch.where(better, val, best)
             u = torch.where(better[:, None], u_c.to(u.dtype), u)
             cur = torch.where(better.reshape((B,) + (1,) * (cur.dim() - 1)), cand, cur)
-    finally:
-        model.train(was_training)
     rtol = min(32 * torch.finfo(x.dtype).eps, 0.5)
     return float(best.max()) * (1.0 - rtol)

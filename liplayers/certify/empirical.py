@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..lipschitz import eval_mode
 from .evaluation import _check_x, certify
 from .margins import normalize_norm, predict_from_logits
 
@@ -201,9 +202,7 @@ def attack_check(
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"restarts must be a positive int, got {restarts!r}")
     B = x.shape[0]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):  # the modes of model and its children are restored after
         with torch.no_grad():
             logits0 = model(x)
         pred = predict_from_logits(logits0)
@@ -290,8 +289,6 @@ def attack_check(
                 report.skipped[name] = f"{type(exc).__name__}: {exc}"
             finally:
                 model.eval()
-    finally:
-        model.train(was_training)
     report.violations = int(broken.sum())
     report.violation_indices = idx[broken].cpu()
     return report

@@ -13,7 +13,7 @@ Let the logit map ``f: (Rⁿ, ‖·‖∞) → (R^C, ‖·‖∞)`` be ``K``-Lip
 so the certified L∞ radius is ``M(x) / (2K)``. The constant is tight for this hypothesis: with
 ``f(x) = (x₁, −x₁)`` (``K = 1``), ``M = 2x₁`` and ``δ = −ε e₁`` lowers it by exactly ``2ε``.
 The condition ``M(x) > Kε/2``, sometimes stated for such networks, is 4× too optimistic for ∞-norm Lipschitz logits —
-the ``tests/test_linf.py`` counterexample breaks it. (For an **L2** Lipschitz constant ``L`` the
+the ``tests/nn/test_linf.py`` counterexample breaks it. (For an **L2** Lipschitz constant ``L`` the
 pairwise margin is ``√2 L``-Lipschitz and the radius is ``M/(√2 L)``, see :mod:`liplayers.certify.margins`.)
 
 A single logit (binary, class = sign of ``f``) moves by at most ``Kε``: radius ``|f(x)|/K``.

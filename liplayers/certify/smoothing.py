@@ -25,12 +25,14 @@ given ``torch.Generator`` only: results are reproducible for a given seed *and* 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from ..functional import random as _rng
+from ..lipschitz import eval_mode
 
 from .margins import ABSTAIN
 
@@ -122,12 +124,9 @@ class SmoothedClassifier:
         _check_int(batch_size, "batch_size")
         B = x.shape[0]
         total = B * num
-        module = self.base if isinstance(self.base, nn.Module) else None
-        was_training = module.training if module is not None else False
-        if module is not None:
-            module.eval()
+        modes = eval_mode(self.base) if isinstance(self.base, nn.Module) else contextlib.nullcontext()
         counts = None
-        try:
+        with modes:  # the base model runs in eval mode; its modes are restored after
             for start in range(0, total, batch_size):
                 end = min(start + batch_size, total)
                 idx = torch.arange(start, end, device=x.device) // num
@@ -137,9 +136,6 @@ class SmoothedClassifier:
                 if counts is None:
                     counts = torch.zeros(B * self.num_classes, dtype=torch.int64, device=x.device)
                 counts.index_add_(0, idx * self.num_classes + cls, torch.ones_like(cls))
-        finally:
-            if module is not None:
-                module.train(was_training)
         return counts.reshape(B, self.num_classes)
 
     # -- Cohen et al.'s PREDICT and CERTIFY --------------------------------------------------

@@ -38,11 +38,15 @@ All computations are in float64 / complex128; final values are multiplied by
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..utils import accepts_renamed_kwargs
+# the padding maths and the padded operators live in .padding; importable from here as before
+from .padding import (IntPair, Padding, _pair, circular_conv2d, conv2d_operator, padding_multiplicity,
+                      resolve_padding, window_multiplicity)
 
 __all__ = [
     "conv_symbol",
@@ -61,17 +65,6 @@ __all__ = [
 ]
 
 _MARGIN = 1.0 + 1e-9
-IntPair = Union[int, Tuple[int, int]]
-Padding = Union[str, int, Tuple[int, int]]
-
-
-def _pair(x: IntPair, name: str = "value") -> Tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    t = tuple(int(v) for v in x)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {x!r}")
-    return t  # type: ignore[return-value]
 
 
 def _check_kernel(kernel: Tensor) -> None:
@@ -83,13 +76,13 @@ def _check_kernel(kernel: Tensor) -> None:
         raise ValueError("kernel contains non-finite values (NaN or Inf)")
 
 
-def _spatial(input_size: Optional[Sequence[int]]) -> Optional[Tuple[int, int]]:
-    """(H, W) from an input shape (C, H, W), (H, W) or None."""
-    if input_size is None:
+def _spatial(shape: Optional[Sequence[int]]) -> Optional[Tuple[int, int]]:
+    """The spatial size (H, W) from an input shape (C, H, W), a spatial size (H, W), or None."""
+    if shape is None:
         return None
-    s = tuple(int(v) for v in input_size)
+    s = tuple(int(v) for v in shape)
     if len(s) not in (2, 3):
-        raise ValueError(f"input size must be (H, W) or (C, H, W) (no batch), got {tuple(input_size)}")
+        raise ValueError(f"input size must be (H, W) or (C, H, W) (no batch), got {tuple(shape)}")
     h, w = s[-2:]
     if h < 1 or w < 1:
         raise ValueError(f"input spatial size must be positive, got {(h, w)}")
@@ -195,7 +188,8 @@ def circular_conv_singular_values(
 ) -> Tensor:
     """All singular values of the circular convolution on an H×W image (float64).
 
-    The operator maps (in, H, W) → (out, H/s, W/s) (H, W divisible by the stride). Returns a
+    ``input_size`` is the spatial size (H, W) (an input shape (C, H, W) is read as its last two
+    entries). The operator maps (in, H, W) → (out, H/s, W/s) (H, W divisible by the stride). Returns a
     1-D tensor of its min(in·H·W, out·(H/s)·(W/s)) singular values (unsorted), computed as
     square roots of the eigenvalues of the smaller per-frequency Gram matrices: absolute
     error ~1e-16·σ_max² in σ², i.e. ~1e-8·σ_max for σ near 0 and ~1e-15 for σ near σ_max.
@@ -214,7 +208,8 @@ def circular_conv_norm(
 ) -> float:
     """Exact spectral norm of the circular convolution on an H×W image, times ``1 + 1e-9``.
 
-    A guaranteed upper bound (and equal to the norm up to that margin). H, W must be
+    ``input_size`` is the spatial size (H, W) (an input shape (C, H, W) is read as its last two
+    entries). A guaranteed upper bound (and equal to the norm up to that margin). H, W must be
     divisible by the stride.
     """
     h, w = _spatial(input_size)  # type: ignore[misc]
@@ -251,89 +246,10 @@ def conv_symbol_bound(kernel: Tensor, stride: IntPair = 1, dilation: IntPair = 1
     return g / math.sqrt(1.0 - 2.0 * rho * rho) * _MARGIN
 
 
-def resolve_padding(padding: Padding, kernel_size: Tuple[int, int],
-                    dilation: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """Per-axis (left, right) padding amounts: ((top, bottom), (left, right)).
-
-    'same' follows torch: total d(k−1), left = total // 2, right = total − left.
-    """
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0), (0, 0)
-        if padding == "same":
-            out = []
-            for k, d in zip(kernel_size, dilation):
-                total = d * (k - 1)
-                out.append((total // 2, total - total // 2))
-            return out[0], out[1]
-        raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
-    ph, pw = _pair(padding, "padding")
-    if ph < 0 or pw < 0:
-        raise ValueError(f"padding must be >= 0, got {padding!r}")
-    return (ph, ph), (pw, pw)
-
-
-def padding_multiplicity(n: Optional[int], left: int, right: int, mode: str) -> int:
-    """Largest number of copies of one input index in a 1-D signal of length n padded by mode.
-
-    The padding operator (a copy of entries) has spectral norm sqrt of this. ``n=None``
-    returns a bound valid for every n the padding accepts.
-    """
-    if mode in ("zeros", "constant"):
-        return 1
-    if left == 0 and right == 0:
-        return 1
-    if n is None:
-        if mode == "reflect":
-            return 3  # original + one left reflection + one right reflection (p < n)
-        return 1 + left + right  # replicate: an edge copied p times; circular: ≤ ⌈p/n⌉ wraps
-    idx = torch.arange(-left, n + right)
-    if mode == "circular":
-        src = torch.remainder(idx, n)
-    elif mode == "replicate":
-        src = idx.clamp(0, n - 1)
-    elif mode == "reflect":
-        if left >= n or right >= n:
-            raise ValueError(f"reflect padding {(left, right)} needs size > padding, got {n}")
-        src = idx.abs()
-        src = torch.where(src > n - 1, 2 * (n - 1) - src, src)
-    else:
-        raise ValueError(f"unknown padding_mode {mode!r}")
-    return int(torch.bincount(src, minlength=n).max())
-
-
-def window_multiplicity(n: Optional[int], kernel: int, stride: int, padding: int = 0,
-                        dilation: int = 1, ceil_mode: bool = False) -> int:
-    """Largest number of pooling / patch windows (1-D) containing one input index.
-
-    Windows start at j·stride − padding and read offsets a·dilation, a < kernel. Without n
-    the worst case over all positions is max over residues r of #{a : a·d ≡ r (mod s)}.
-    """
-    if n is None:
-        counts = [0] * stride
-        for a in range(kernel):
-            counts[(a * dilation) % stride] += 1
-        return max(counts)
-    span = dilation * (kernel - 1) + 1
-    L = n + 2 * padding
-    if ceil_mode:
-        n_out = -(-(L - span) // stride) + 1
-        if (n_out - 1) * stride >= n + padding:
-            n_out -= 1
-    else:
-        n_out = (L - span) // stride + 1
-    cnt = torch.zeros(n, dtype=torch.long)
-    for j in range(max(n_out, 0)):
-        for a in range(kernel):
-            i = j * stride - padding + a * dilation
-            if 0 <= i < n:
-                cnt[i] += 1
-    return int(cnt.max()) if n > 0 else 0
-
-
+@accepts_renamed_kwargs({"input_size": "input_shape"})
 def conv2d_lipschitz_bound(
     kernel: Tensor,
-    input_size: Optional[Sequence[int]] = None,
+    input_shape: Optional[Sequence[int]] = None,
     stride: IntPair = 1,
     padding: Padding = 0,
     dilation: IntPair = 1,
@@ -343,14 +259,15 @@ def conv2d_lipschitz_bound(
 ) -> float:
     """Guaranteed upper bound of the L2 operator norm of ``conv2d`` as ``nn.Conv2d`` computes it.
 
-    Exact (to 1e-9 relative) for circular padding of 'same' size when ``input_size`` is given
-    and divisible by the stride; otherwise the circular-embedding bound on the padded grid
-    (module docstring) times the padding operator's norm; without ``input_size`` the
+    Exact (to 1e-9 relative) for circular padding of 'same' size when ``input_shape`` is given
+    and its spatial size is divisible by the stride; otherwise the circular-embedding bound on the
+    padded grid (module docstring) times the padding operator's norm; without ``input_shape`` the
     size-independent symbol bound (:func:`conv_symbol_bound`). The bias is irrelevant.
 
     Args:
         kernel: (out, in/groups, kh, kw).
-        input_size: (C, H, W) or (H, W) of one input, or None for a bound valid at every size.
+        input_shape: shape (C, H, W) of one input without the batch dimension (a spatial size
+            (H, W) is also accepted), or None for a bound valid at every size.
         stride, padding, dilation, padding_mode, groups: as for ``nn.Conv2d``.
         grid: frequency grid of the size-independent bound.
     """
@@ -360,7 +277,7 @@ def conv2d_lipschitz_bound(
     s = _pair(stride, "stride")
     d = _pair(dilation, "dilation")
     pads = resolve_padding(padding, ks, d)  # type: ignore[arg-type]
-    hw = _spatial(input_size)
+    hw = _spatial(input_shape)
     span = [d[i] * (ks[i] - 1) for i in range(2)]
     same = all(pads[i][0] + pads[i][1] == span[i] for i in range(2))
     if padding_mode == "circular" and same:
@@ -386,40 +303,18 @@ def conv2d_lipschitz_bound(
     return factor * circular_conv_norm(k, size, s, d) * _MARGIN
 
 
-def conv2d_operator(
-    kernel: Tensor,
-    stride: IntPair = 1,
-    padding: Padding = 0,
-    dilation: IntPair = 1,
-    padding_mode: str = "zeros",
-    groups: int = 1,
-) -> Callable[[Tensor], Tensor]:
-    """The linear map x ↦ conv2d(x) (no bias) exactly as ``nn.Conv2d`` applies it."""
-    ks = tuple(kernel.shape[-2:])
-    d = _pair(dilation, "dilation")
-    (pt, pb), (pl, pr) = resolve_padding(padding, ks, d)  # type: ignore[arg-type]
-    s = _pair(stride, "stride")
-
-    def op(x: Tensor) -> Tensor:
-        if padding_mode == "zeros" and pt == pb and pl == pr:
-            return F.conv2d(x, kernel, None, s, (pt, pl), d, groups)
-        mode = "constant" if padding_mode == "zeros" else padding_mode
-        return F.conv2d(F.pad(x, (pl, pr, pt, pb), mode=mode), kernel, None, s, 0, d, groups)
-
-    return op
-
-
+@accepts_renamed_kwargs({"iterations": "n_power_iterations"})
 def conv_operator_power_iteration(
     op: Callable[[Tensor], Tensor],
     u: Tensor,
-    iterations: int = 1,
+    n_power_iterations: int = 1,
 ) -> Tuple[Tensor, Tensor]:
     """Power iteration on AᵀA for a linear operator A given as a function (adjoint by autograd).
 
     Args:
         op: linear map (differentiable in its input).
         u: current input-space vector (1, C, H, W) (persistent state).
-        iterations: number of iterations (each one product with A and one with Aᵀ).
+        n_power_iterations: number of iterations (each one product with A and one with Aᵀ).
 
     Returns:
         ``(sigma, u)``: ``sigma = ‖A u‖`` for the returned unit vector u, a **lower bound**
@@ -427,7 +322,7 @@ def conv_operator_power_iteration(
     """
     with torch.no_grad():
         u = u / u.norm().clamp_min(torch.finfo(u.dtype).tiny)
-    for _ in range(max(1, iterations)):
+    for _ in range(max(1, n_power_iterations)):
         with torch.enable_grad():
             x = u.detach().requires_grad_(True)
             y = op(x)
@@ -439,52 +334,3 @@ def conv_operator_power_iteration(
     return sigma.detach(), u.detach()
 
 
-class _CircularConv2d(torch.autograd.Function):
-    """Circular 'same' convolution, stride 1, with a direct adjoint in backward.
-
-    The adjoint of a circular cross-correlation with kernel K (span 2p) is the circular
-    cross-correlation with the flipped, channel-transposed kernel and the same padding, so
-    the input gradient is one more circular convolution of the output gradient (instead of a
-    convolution onto the padded grid followed by folding the borders back, as autograd
-    through ``F.pad`` does); the kernel gradient is that of a valid convolution of the
-    padded input.
-    """
-
-    @staticmethod
-    def forward(ctx, x, kernel, bias, ph, pw, dilation, groups):  # type: ignore[override]
-        xp = F.pad(x, (pw, pw, ph, ph), mode="circular")
-        ctx.save_for_backward(xp, kernel)
-        ctx.conf = (ph, pw, dilation, groups, bias is not None)
-        return F.conv2d(xp, kernel, bias, 1, 0, dilation, groups)
-
-    @staticmethod
-    def backward(ctx, gy):  # type: ignore[override]
-        xp, kernel = ctx.saved_tensors
-        ph, pw, dilation, groups, has_bias = ctx.conf
-        gx = gk = gb = None
-        if ctx.needs_input_grad[0]:
-            out, in_g = kernel.shape[:2]
-            kt = kernel.reshape(groups, out // groups, in_g, *kernel.shape[2:]).transpose(1, 2)
-            kt = kt.reshape(groups * in_g, out // groups, *kernel.shape[2:]).flip(-2, -1)
-            gx = F.conv2d(F.pad(gy, (pw, pw, ph, ph), mode="circular"), kt, None, 1, 0, dilation, groups)
-        if ctx.needs_input_grad[1]:
-            gk = torch.ops.aten.convolution_backward(gy, xp, kernel, None, [1, 1], [0, 0], list(dilation), False,
-                                                     [0, 0], groups, [False, True, False])[1]
-        if has_bias and ctx.needs_input_grad[2]:
-            gb = gy.sum((0, 2, 3))
-        return gx, gk, gb, None, None, None, None
-
-
-def circular_conv2d(x: Tensor, kernel: Tensor, bias: Optional[Tensor] = None, dilation: IntPair = 1,
-                    groups: int = 1) -> Tensor:
-    """``conv2d`` with circular 'same' padding, stride 1 (odd dilated kernel spans).
-
-    Equals ``F.conv2d(F.pad(x, p, mode='circular'), kernel, bias, dilation=d)`` with
-    p = d(k − 1)/2 per axis; the backward pass applies the adjoint directly (faster).
-    Shapes: x (B, in, H, W), kernel (out, in/groups, kh, kw) → (B, out, H, W).
-    """
-    d = _pair(dilation, "dilation")
-    kh, kw = kernel.shape[-2:]
-    if (d[0] * (kh - 1)) % 2 or (d[1] * (kw - 1)) % 2:
-        raise ValueError(f"circular_conv2d needs odd dilated kernel spans, got kernel {(kh, kw)}, dilation {d}")
-    return _CircularConv2d.apply(x, kernel, bias, d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2, d, groups)

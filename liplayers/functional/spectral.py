@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from ..utils import accepts_renamed_kwargs
 from . import random as _rng
 
 __all__ = ["power_iteration", "gram_spectral_bound", "spectral_norm_exact"]
@@ -22,10 +23,11 @@ def _check_matrix(w: Tensor, name: str = "w") -> None:
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
 
 
+@accepts_renamed_kwargs({"iterations": "n_power_iterations"})
 def power_iteration(
     w: Tensor,
     u: Optional[Tensor] = None,
-    iterations: int = 10,
+    n_power_iterations: int = 10,
     tol: float = 0.0,
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -34,7 +36,7 @@ def power_iteration(
     Args:
         w: matrix (m, n) or batch (..., m, n). Real or complex.
         u: left singular-vector estimate (..., m) to start from (persistent state); random if None.
-        iterations: maximum number of iterations (each = one product with w and one with wᴴ).
+        n_power_iterations: maximum number of iterations (each = one product with w and one with wᴴ).
         tol: stop early when the relative change of σ is below ``tol`` (0 = run all iterations).
         generator: random generator for the initial vector.
 
@@ -52,7 +54,7 @@ def power_iteration(
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.real.dtype).tiny)
         sigma = torch.zeros(w.shape[:-2], dtype=w.real.dtype, device=w.device)
         v = None
-        for _ in range(max(1, iterations)):
+        for _ in range(max(1, n_power_iterations)):
             v = (w.mH @ u.unsqueeze(-1)).squeeze(-1)
             v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.real.dtype).tiny)
             wu = (w @ v.unsqueeze(-1)).squeeze(-1)

@@ -7,8 +7,6 @@ activation. An L2 bound is never reused as an âˆž bound (they differ by up to âˆ
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor, nn
 

@@ -14,7 +14,7 @@ positive iff f_y is the strict maximum, and then no perturbation of L2 norm < r 
 ===================================  ==============================================================
 class                                per-sample loss
 ===================================  ==============================================================
-:class:`CertificateRegularizedLoss`  CE(f, y) − γ·relu(r), optionally capped  (Singla et al., 2022)
+:class:`CertificateRegularizedLoss`  CE(f, y) − lam·relu(r), optionally capped  (Singla et al., 2022)
 :class:`EMMALoss`                    CE(f̃, y), f̃_j = f_j + ε_j K_{yj}       (Hu et al., 2023)
 :class:`LogitAnnealingLoss`          −T (1 − p_t)^β log p_t                  (Lai et al., 2025)
 ===================================  ==============================================================
@@ -42,6 +42,7 @@ from ._common import (
     _positive,
     _reduce,
 )
+from ..utils import accepts_renamed_kwargs, renamed_attribute
 from .schedules import EpsilonMixin
 
 __all__ = ["CertificateRegularizedLoss", "EMMALoss", "LogitAnnealingLoss", "certified_radius_of_target"]
@@ -89,19 +90,19 @@ def _emma_lift(input: Tensor, target: Tensor, K: Tensor, eps: float, min_fractio
 
 
 class CertificateRegularizedLoss(nn.Module):
-    r"""CE(f, y) − γ·relu(r) with r the certified radius of the true class (Singla, Singla & Feizi, ICLR 2022).
+    r"""``loss = CE(f, y) − lam·relu(r)``, r the certified radius of the true class (Singla, Singla & Feizi, ICLR 2022).
 
     The certificate regularizer (CR) rewards the radius r = min_{j≠y} (f_y − f_j)/K_{yj}
     (= (f_y − max_{j≠y} f_j)/(√2 L) with the global constant), on correctly classified samples
-    only (relu). γ trades clean accuracy for larger certified radii.
+    only (relu). The weight ``lam`` (the paper's γ) trades clean accuracy for larger certified radii.
 
-    ``threshold`` (optional, r_max > 0) caps the reward, −γ·min(relu(r), r_max), so samples already
+    ``threshold`` (optional, r_max > 0) caps the reward, −lam·min(relu(r), r_max), so samples already
     certified at r_max stop pulling the model (a bounded objective; the reference code has no
     cap — ``threshold=None`` is the paper's loss). With a last layer that has two identical rows
     the radius can be +∞ (that pair never swaps); the cap then keeps the loss finite.
 
     Args:
-        gamma: γ ≥ 0.
+        lam: weight ``lam ≥ 0`` of the radius reward (the paper's γ).
         threshold: None or r_max > 0, in input units.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -110,15 +111,18 @@ class CertificateRegularizedLoss(nn.Module):
         Output: scalar, or (B,) with ``reduction="none"``.
     """
 
-    def __init__(self, gamma: float = 0.5, threshold: Optional[float] = None, reduction: str = "mean") -> None:
+    @accepts_renamed_kwargs({"gamma": "lam"})
+    def __init__(self, lam: float = 0.5, threshold: Optional[float] = None, reduction: str = "mean") -> None:
         super().__init__()
-        self.gamma = _nonneg("gamma", gamma)
+        self.lam = _nonneg("lam", lam)
         if threshold is not None:
             threshold = _nonneg("threshold", threshold)
             if threshold == 0.0:
                 raise ValueError("threshold must be > 0 or None (a zero cap removes the regularizer)")
         self.threshold = threshold
         self.reduction = _check_reduction(reduction)
+
+    gamma = renamed_attribute("gamma", "lam")
 
     def forward(self, input: Tensor, target: Tensor, lipschitz: LipschitzType,
                 last_weight: Optional[Tensor] = None) -> Tensor:
@@ -127,11 +131,11 @@ class CertificateRegularizedLoss(nn.Module):
         radius = F.relu(_radius(input, target, _pair_constants(input, target, lipschitz, last_weight, who)))
         if self.threshold is not None:
             radius = radius.clamp_max(self.threshold)
-        per = F.cross_entropy(input, target, reduction="none") - self.gamma * radius
+        per = F.cross_entropy(input, target, reduction="none") - self.lam * radius
         return _reduce(per, self.reduction)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, threshold={self.threshold}, reduction={self.reduction!r}"
+        return f"lam={self.lam}, threshold={self.threshold}, reduction={self.reduction!r}"
 
 
 class EMMALoss(EpsilonMixin, nn.Module):

@@ -21,7 +21,7 @@ with room to spare. The gradient also reaches the
 Lipschitz bound and the last-layer weights when they are tensors that require grad, as in
 the paper (it keeps K small).
 
-TRADES-style variant (the reference implementation's ``trades`` loss): with p = softmax(f) and
+TRADES-style variant (the reference implementation's ``trades`` loss, weight ``lam``): with p = softmax(f) and
 q = softmax(f, f_⊥),
 
 .. math::
@@ -52,6 +52,7 @@ from ._common import (
     _pair_constants,
     _reduce,
 )
+from ..utils import accepts_renamed_kwargs, renamed_attribute
 from .schedules import EpsilonMixin
 
 __all__ = ["GloRoLoss", "gloro_logits", "gloro_predict"]
@@ -109,14 +110,16 @@ def gloro_predict(input: Tensor, lipschitz: LipschitzType, eps: float,
 class GloRoLoss(EpsilonMixin, nn.Module):
     r"""Cross-entropy on the GloRo logits [f, f_⊥] (Leino, Wang & Fredrikson, ICML 2021).
 
-    Per sample (``trades=None``):  CE([f, f_⊥], y), y ∈ [0, C), the ⊥ class never a target;
-    with ``trades=λ``: CE(f, y) + λ·KL([softmax f, 0] ‖ softmax [f, f_⊥])
-    = CE(f, y) + λ·softplus(f_⊥ − logsumexp f). See the module docstring for f_⊥ and K.
+    Per sample (``lam=None``): ``loss = CE([f, f_⊥], y)``, y ∈ [0, C), the ⊥ class never a target;
+    with a weight ``lam``: ``loss = CE(f, y) + lam·KL([softmax f, 0] ‖ softmax [f, f_⊥])
+    = CE(f, y) + lam·softplus(f_⊥ − logsumexp f)`` (TRADES-style). See the module docstring for
+    f_⊥ and K.
 
     Args:
         eps: training radius ε ≥ 0 (``set_eps`` changes it; see
             :class:`~liplayers.losses.schedules.EpsilonRamp`).
-        trades: None for plain GloRo cross-entropy, or λ ≥ 0 for the TRADES-style loss.
+        lam: None for plain GloRo cross-entropy, or the weight ``lam ≥ 0`` of the TRADES-style
+            loss.
         anchor: the class a the ⊥ logit is built against: ``"prediction"`` (default, the
             paper's: a = argmax f, the same logits as at inference) or ``"target"`` (a = y: the
             ⊥ logit then measures the robustness of the true class even while f misclassifies).
@@ -132,15 +135,18 @@ class GloRoLoss(EpsilonMixin, nn.Module):
         last_weight (C, d). Output: scalar, or (B,) with ``reduction="none"``.
     """
 
-    def __init__(self, eps: float, trades: Optional[float] = None, anchor: str = "prediction",
+    @accepts_renamed_kwargs({"trades": "lam"})
+    def __init__(self, eps: float, lam: Optional[float] = None, anchor: str = "prediction",
                  reduction: str = "mean") -> None:
         super().__init__()
         self.eps = _nonneg("eps", eps)
-        self.trades = None if trades is None else _nonneg("trades", trades)
+        self.lam = None if lam is None else _nonneg("lam", lam)
         if anchor not in _ANCHORS:
             raise ValueError(f"anchor must be one of {_ANCHORS}, got {anchor!r}")
         self.anchor = anchor
         self.reduction = _check_reduction(reduction)
+
+    trades = renamed_attribute("trades", "lam")
 
     def augmented_logits(self, input: Tensor, target: Tensor, lipschitz: LipschitzType,
                          last_weight: Optional[Tensor] = None) -> Tensor:
@@ -157,12 +163,12 @@ class GloRoLoss(EpsilonMixin, nn.Module):
                 last_weight: Optional[Tensor] = None) -> Tensor:
         target = _multiclass(input, target, type(self).__name__)
         z = self._augmented(input, target, lipschitz, last_weight)
-        if self.trades is None:
+        if self.lam is None:
             per = F.cross_entropy(z, target, reduction="none")
         else:
             kl = F.softplus(z[:, -1] - torch.logsumexp(input, dim=1))
-            per = F.cross_entropy(input, target, reduction="none") + self.trades * kl
+            per = F.cross_entropy(input, target, reduction="none") + self.lam * kl
         return _reduce(per, self.reduction)
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}, trades={self.trades}, anchor={self.anchor!r}, reduction={self.reduction!r}"
+        return f"eps={self.eps}, lam={self.lam}, anchor={self.anchor!r}, reduction={self.reduction!r}"

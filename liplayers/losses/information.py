@@ -3,7 +3,7 @@ r"""Information-geometric adversarial losses: FIRE, TRADES, Hellinger.
 Picot et al., "Adversarial Robustness via Fisher-Rao Regularization", IEEE TPAMI 2022 (FIRE);
 Zhang et al., ICML 2019 (TRADES).  All three compute, per sample,
 
-    loss(x, y) = CE(f(x), y) + λ · D(p(x), p(x'))            (Picot et al. 2022 eq. 7)
+    loss(x, y) = CE(f(x), y) + lam · D(p(x), p(x'))          (Picot et al. 2022 eq. 7, λ = lam)
 
 with ``x'`` obtained by PGD (:func:`liplayers.analysis.attacks.divergence_pgd`) maximizing the same
 divergence from the (detached) clean prediction within ``B_p(x, ε) ∩ domain``:
@@ -11,9 +11,9 @@ divergence from the (detached) clean prediction within ``B_p(x, ε) ∩ domain``
 ======================  =============================  =============================================
 class                   D                              reference
 ======================  =============================  =============================================
-:class:`FIRELoss`       ``d_FR²`` (Fisher–Rao, sq.)    Picot et al. 2022 eq. 7, default λ = 12
-:class:`TRADESLoss`     ``KL(p(x) ‖ p(x'))``           TRADES / Picot et al. 2022 eq. 5, λ = 6
-:class:`HellingerLoss`  ``H²`` (Picot et al. eq. 46)   Picot et al. 2022 eq. 48, default λ = 12
+:class:`FIRELoss`       ``d_FR²`` (Fisher–Rao, sq.)    Picot et al. 2022 eq. 7, default lam = 12
+:class:`TRADESLoss`     ``KL(p(x) ‖ p(x'))``           TRADES / Picot et al. 2022 eq. 5, lam = 6
+:class:`HellingerLoss`  ``H²`` (Picot et al. eq. 46)   Picot et al. 2022 eq. 48, default lam = 12
 ======================  =============================  =============================================
 
 Near ``x' = x`` the three agree up to constants: ``KL ≈ d²/2`` and ``H² ≈ d²/4``.
@@ -116,7 +116,7 @@ class _DivergenceRegularizedLoss(nn.Module):
 
 _ARGS_DOC = """
     Args:
-        lam: trade-off weight ``λ ≥ 0`` (default {lam}).
+        lam: weight ``lam ≥ 0`` of the divergence term (default {lam}).
         eps: attack radius in input units (default 8/255).
         norm: ``"linf"`` (default) or ``"l2"``.
         steps: PGD steps (default 10; Picot et al. 2022 use 40 on MNIST).
@@ -132,7 +132,7 @@ _ARGS_DOC = """
 
 
 class FIRELoss(_DivergenceRegularizedLoss):
-    __doc__ = r"""FIRE (Picot et al. 2022 eq. 7): ``CE(x) + λ·d_FR²(p(x), p(x'))``, ``x'`` by PGD on ``d_FR``.""" + _ARGS_DOC.format(lam=12)
+    __doc__ = r"""FIRE (Picot et al. 2022 eq. 7): ``loss = CE(x) + lam·d_FR²(p(x), p(x'))``, ``x'`` by PGD on ``d_FR``.""" + _ARGS_DOC.format(lam=12)
     divergence = "fisher_rao"
     default_lam = 12.0
 
@@ -141,7 +141,7 @@ class FIRELoss(_DivergenceRegularizedLoss):
 
 
 class TRADESLoss(_DivergenceRegularizedLoss):
-    __doc__ = r"""TRADES: ``CE(x) + λ·KL(p(x) ‖ p(x'))``, ``x'`` by PGD on the same KL (λ = TRADES' 1/λ = β).""" + _ARGS_DOC.format(lam=6)
+    __doc__ = r"""TRADES: ``loss = CE(x) + lam·KL(p(x) ‖ p(x'))``, ``x'`` by PGD on the same KL (lam = TRADES' 1/λ = β).""" + _ARGS_DOC.format(lam=6)
     divergence = "kl"
     default_lam = 6.0
 
@@ -150,7 +150,7 @@ class TRADESLoss(_DivergenceRegularizedLoss):
 
 
 class HellingerLoss(_DivergenceRegularizedLoss):
-    __doc__ = r"""Hellinger (Picot et al. 2022 eq. 48): ``CE(x) + λ·H²(p(x), p(x'))``, ``x'`` by PGD on ``H``.""" + _ARGS_DOC.format(lam=12)
+    __doc__ = r"""Hellinger (Picot et al. 2022 eq. 48): ``loss = CE(x) + lam·H²(p(x), p(x'))``, ``x'`` by PGD on ``H``.""" + _ARGS_DOC.format(lam=12)
     divergence = "hellinger"
     default_lam = 12.0
 

@@ -19,24 +19,14 @@ from ..functional.conv import conv2d_lipschitz_bound
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule
 from ..parametrizations import eval_mode_weight, orthogonal_init_
+from ..parametrizations._common import weight_parametrization
 from ..parametrizations.aol import AOL, aol_padding_is_sound, check_aol_padding
+from ._conv_common import _free_weight, _orthogonal_reset, _plain_conv2d, _plain_linear, _positive_int
+from .linear import _load_plain_weight
 
 __all__ = ["AOLLinear", "AOLConv2d"]
 
 Size2 = Union[int, Sequence[int]]
-
-
-def _positive_int(layer: str, name: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
-
-
-def _load_plain_weight(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                       error_msgs) -> None:
-    """Accept the ``weight`` of a plain ``nn.Linear`` / ``nn.Conv2d`` state dict as the stored P."""
-    plain, stored = prefix + "weight", prefix + "parametrizations.weight.original"
-    if plain in state_dict and stored not in state_dict:
-        state_dict[stored] = state_dict.pop(plain)
 
 
 class AOLLinear(nn.Linear, LipschitzModule):
@@ -64,12 +54,10 @@ class AOLLinear(nn.Linear, LipschitzModule):
         parametrize.register_parametrization(self, "weight", AOL())
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 
+    parametrization = property(weight_parametrization)
+
     def reset_parameters(self) -> None:
-        w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
-        with torch.no_grad():
-            orthogonal_init_(w)
-            if self.bias is not None:
-                self.bias.zero_()
+        _orthogonal_reset(self)
 
     def eval_weight(self) -> Tensor:
         """The rescaled weight used in eval mode (detached), without changing the mode."""
@@ -81,14 +69,7 @@ class AOLLinear(nn.Linear, LipschitzModule):
 
     def to_torch(self) -> nn.Linear:
         """``nn.Linear`` with the eval-mode weight and the bias: identical outputs."""
-        w = self.eval_weight()
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
-                        dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return _plain_linear(self, self.eval_weight())
 
 
 class AOLConv2d(nn.Conv2d, LipschitzModule):
@@ -127,8 +108,10 @@ class AOLConv2d(nn.Conv2d, LipschitzModule):
         parametrize.register_parametrization(self, "weight", AOL(self.groups))
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 
+    parametrization = property(weight_parametrization)
+
     def reset_parameters(self) -> None:
-        w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
+        w = _free_weight(self)
         g = self.groups
         out_g = self.out_channels // g
         ch, cw = (self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2
@@ -162,12 +145,4 @@ class AOLConv2d(nn.Conv2d, LipschitzModule):
 
     def to_torch(self) -> nn.Conv2d:
         """``nn.Conv2d`` with the eval-mode kernel and the bias: identical outputs."""
-        k = self.eval_weight()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
-                         device=k.device, dtype=k.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(k)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return _plain_conv2d(self, self.eval_weight())

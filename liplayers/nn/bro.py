@@ -1,7 +1,6 @@
 r"""Block reflector orthogonal (BRO) layers: dense and convolutional (Fourier domain)."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -9,8 +8,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.skew import block_reflector, block_reflector_apply, fft_symbol
-from ..parametrizations._common import compute_dtype, orthogonal_init_
+from ..parametrizations._common import compute_dtype
 from ..parametrizations.block_reflector import BlockReflector
+from ._conv_common import _kaiming_reset, _orthogonal_reset
 from .cayley import _FourierConv2d
 from .linear import _ParametrizedLinear, _check_features
 from .soc import Size2, _check_same_conv
@@ -53,6 +53,7 @@ class BROLinear(_ParametrizedLinear):
 
     @property
     def rank(self) -> int:
+        """Rank of V (the weight map's)."""
         return self.parametrizations.weight[0].rank
 
     def reset_parameters(self) -> None:
@@ -60,10 +61,7 @@ class BROLinear(_ParametrizedLinear):
         if not parametrize.is_parametrized(self, "weight"):
             nn.Linear.reset_parameters(self)  # called by nn.Linear.__init__, before the parametrization
             return
-        with torch.no_grad():
-            orthogonal_init_(self.parametrizations.weight.original)
-            if self.bias is not None:
-                self.bias.zero_()
+        _orthogonal_reset(self)
 
 
 class BROConv2d(_FourierConv2d):
@@ -121,11 +119,7 @@ class BROConv2d(_FourierConv2d):
 
     def reset_parameters(self) -> None:
         """nn.Conv2d's kernel initialization for V, zero bias."""
-        with torch.no_grad():
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-            if self.bias is not None:
-                self.bias.zero_()
-        self._cache_key = None
+        _kaiming_reset(self)
 
     def _params(self) -> Tuple[Tensor, ...]:
         return (self.weight,)

@@ -1,7 +1,6 @@
 r"""Orthogonal convolution by the Cayley transform in the Fourier domain."""
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -11,6 +10,8 @@ from torch import Tensor, nn
 from ..functional.skew import cayley, fft_symbol, spectral_conv2d
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
+from ..utils import accepts_renamed_kwargs
+from ._conv_common import _kaiming_reset
 from .soc import Size2, _check_same_conv
 
 __all__ = ["CayleyConv2d"]
@@ -74,15 +75,17 @@ class _FourierConv2d(LipschitzModule):
                 self._cache[grid] = q.to(torch.complex128 if cd == torch.float64 else torch.complex64)
         return self._cache[grid]
 
-    def eval_weight(self, input_size=None) -> Tensor:
-        """Per-frequency matrices (H', W'//2+1, out, in) used in eval for inputs of ``input_size``.
+    @accepts_renamed_kwargs({"input_size": "input_shape"})
+    def eval_weight(self, input_shape=None) -> Tensor:
+        """Per-frequency matrices (H', W'//2+1, out, in) used in eval for inputs of ``input_shape``.
 
         (H', W') is the grid the circular convolution runs on: (H, W) for circular padding,
-        (H + kh − 1, W + kw − 1) for zero padding. ``input_size``: (C, H, W) or (H, W).
+        (H + kh − 1, W + kw − 1) for zero padding. ``input_shape``: (C, H, W) of one input without
+        the batch dimension (a spatial size (H, W) is also accepted), as for :meth:`lipschitz_bound`.
         """
-        if input_size is None:
-            raise ValueError(f"{type(self).__name__}: the weight used depends on the input size; pass input_size")
-        return self.eval_symbol(self._grid(tuple(input_size)[-2:])).clone()
+        if input_shape is None:
+            raise ValueError(f"{type(self).__name__}: the weight used depends on the input size; pass input_shape")
+        return self.eval_symbol(self._grid(tuple(input_shape)[-2:])).clone()
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -176,12 +179,9 @@ class CayleyConv2d(_FourierConv2d):
 
     def reset_parameters(self) -> None:
         """nn.Conv2d's kernel initialization, α = ‖V‖_F (K = V at initialization), zero bias."""
+        _kaiming_reset(self)
         with torch.no_grad():
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
             self.alpha.fill_(float(self.weight.norm()))
-            if self.bias is not None:
-                self.bias.zero_()
-        self._cache_key = None
 
     def _params(self) -> Tuple[Tensor, ...]:
         return (self.weight, self.alpha)

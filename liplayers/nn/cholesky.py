@@ -1,12 +1,10 @@
 r"""Dense layer orthonormalized by a Cholesky factorization."""
 from __future__ import annotations
 
-import torch
-from torch import nn
 from torch.nn.utils import parametrize
 
-from ..parametrizations._common import orthogonal_init_
 from ..parametrizations.cholesky import CholeskyOrthonormal
+from ._conv_common import _orthogonal_reset
 from .linear import _ParametrizedLinear, _check_features
 
 __all__ = ["CholeskyLinear"]
@@ -43,8 +41,4 @@ class CholeskyLinear(_ParametrizedLinear):
 
     def reset_parameters(self) -> None:
         """Orthogonal V (the map's fixed point), zero bias."""
-        w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
-        with torch.no_grad():
-            orthogonal_init_(w)
-            if self.bias is not None:
-                self.bias.zero_()
+        _orthogonal_reset(self)

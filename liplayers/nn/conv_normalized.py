@@ -11,10 +11,11 @@ from torch.nn.utils import parametrize
 from ..functional.conv import _spatial, circular_conv2d, conv2d_lipschitz_bound, resolve_padding, window_multiplicity
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule
-from ..parametrizations._common import eval_mode_weight, orthogonal_init_
+from ..parametrizations._common import eval_mode_weight, weight_parametrization
 from ..parametrizations.operator_norm import OperatorNormalized as _OperatorNormalized
 from ..parametrizations.rko import RKONormalized as _RKONormalized
-from ._conv_common import Size2, _check_padding_mode, _normalize_conv_padding
+from ..utils import accepts_renamed_kwargs, renamed_attribute
+from ._conv_common import Size2, _check_padding_mode, _normalize_conv_padding, _orthogonal_reset, _plain_conv2d
 from .linear import _load_plain_weight
 
 __all__ = ["SpectralConv2d", "RKOConv2d"]
@@ -22,6 +23,8 @@ __all__ = ["SpectralConv2d", "RKOConv2d"]
 
 class _ConvLipschitzMixin(LipschitzModule):
     """Shared eval-weight / export / bound code for parametrized ``nn.Conv2d`` subclasses."""
+
+    parametrization = property(weight_parametrization)
 
     def eval_weight(self) -> Tensor:
         return eval_mode_weight(self)
@@ -54,15 +57,8 @@ class _ConvLipschitzMixin(LipschitzModule):
         return super()._conv_forward(input, weight, bias)
 
     def to_torch(self) -> nn.Conv2d:
-        k = self.eval_weight()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
-                         device=k.device, dtype=k.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(k)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        """``nn.Conv2d`` with the eval-mode kernel and the bias: identical outputs."""
+        return _plain_conv2d(self, self.eval_weight())
 
 
 
@@ -76,12 +72,13 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
     above 1), the normalization is by the norm of the operator at the configured input size:
 
     * training: power iteration on the operator and its adjoint (autograd), persistent
-      buffer, ``power_iterations`` per step, σ differentiable (Miyato et al. 2018);
+      buffer, ``n_power_iterations`` per step, σ differentiable (Miyato et al. 2018);
     * eval: the exact FFT norm, so the eval operator has norm ≤ 1 (= 1 for circular padding;
       for zero padding the normalizer is the circular convolution on the zero-padded grid,
       a guaranteed upper bound of the zero-padded operator's norm, tight up to border effects).
 
-    ``input_size`` (H, W) fixes the size; if None it is taken from the first forward.
+    ``input_size``, the spatial size (H, W) of the inputs, fixes that size; if None it is taken from
+    the first forward. The weight map is :attr:`parametrization` (an ``OperatorNormalized``).
     :meth:`lipschitz_bound` computes a guaranteed bound of the eval operator for the given
     ``input_shape`` (size-independent, slightly above 1, when None).
 
@@ -89,36 +86,35 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
         in_channels, ..., padding_mode: as ``nn.Conv2d`` (padding default 0; ``'same'`` is also
             accepted with stride > 1 for odd kernels, as (k − 1)/2); padding_mode ``'zeros'`` or
             ``'circular'``.
-        input_size: (H, W) of the inputs, or None.
-        power_iterations: power-iteration steps per training forward.
+        input_size: the spatial size (H, W) of the inputs, or None.
+        n_power_iterations: power-iteration steps per training forward.
     """
 
+    @accepts_renamed_kwargs({"power_iterations": "n_power_iterations"})
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
                  padding: Union[str, Size2] = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None, *,
-                 input_size: Optional[Sequence[int]] = None, power_iterations: int = 1) -> None:
+                 input_size: Optional[Sequence[int]] = None, n_power_iterations: int = 1) -> None:
         _check_padding_mode(padding_mode, ("zeros", "circular"), "SpectralConv2d")
-        if power_iterations < 1:
-            raise ValueError(f"power_iterations must be >= 1, got {power_iterations}")
+        if n_power_iterations < 1:
+            raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations}")
         padding = _normalize_conv_padding(padding, kernel_size, stride, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         param = _OperatorNormalized(self.kernel_size, self.stride, self.padding, self.dilation, padding_mode,
-                                    groups, input_size, power_iterations)
+                                    groups, input_size, n_power_iterations)
         parametrize.register_parametrization(self, "weight", param)
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 
-    @property
-    def normalizer(self) -> _OperatorNormalized:
-        return self.parametrizations.weight[0]
+    normalizer = renamed_attribute("normalizer", "parametrization")
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """Guaranteed bound of the eval operator (see :class:`_ConvLipschitzMixin`)."""
         return super().lipschitz_bound(input_shape)
 
     def _prepare(self, input: Tensor) -> None:
-        if input.dim() in (3, 4) and self.normalizer.input_size is None:
-            self.normalizer.set_input_size(tuple(input.shape[-2:]))  # the first forward fixes the size
+        if input.dim() in (3, 4) and self.parametrization.input_size is None:
+            self.parametrization.set_input_size(tuple(input.shape[-2:]))  # the first forward fixes the size
 
     @torch.compiler.disable  # see _ConvLipschitzMixin.forward
     def forward(self, input: Tensor) -> Tensor:
@@ -171,11 +167,7 @@ class RKOConv2d(_ConvLipschitzMixin, nn.Conv2d):
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 
     def reset_parameters(self) -> None:
-        w = self.parametrizations.weight.original if parametrize.is_parametrized(self, "weight") else self.weight
-        with torch.no_grad():
-            orthogonal_init_(w.view(w.shape[0], -1))
-            if self.bias is not None:
-                self.bias.zero_()
+        _orthogonal_reset(self)
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """min(FFT / symbol bound of the kernel used, sqrt(m)·‖reshaped kernel‖₂ when valid)."""

@@ -35,6 +35,7 @@ from ..functional.conv import circular_conv2d, conv2d_lipschitz_bound, conv_symb
 from ..functional.spectral import gram_spectral_bound, spectral_norm_exact
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import version_key
+from ._conv_common import _positive_int
 
 __all__ = ["CPLLinear", "CPLConv2d"]
 
@@ -42,12 +43,6 @@ _MARGIN = 1.0 + 1e-9
 
 
 # ---- helpers shared with the SLL layers -------------------------------------------------------
-def _positive_int(layer: str, name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
-    return v
-
-
 def _residual_conv_args(layer: str, channels, inner, kernel_size, padding_mode) -> Tuple[int, int, int]:
     """(channels, inner, k) after checking the arguments of a residual convolution."""
     channels = _positive_int(layer, "channels", channels)
@@ -61,6 +56,28 @@ def _residual_conv_args(layer: str, channels, inner, kernel_size, padding_mode) 
         raise ValueError(f"{layer}: kernel_size must be odd ('same' padding with an exact adjoint), got {k}")
     _check_mode(layer, padding_mode)
     return channels, inner, k
+
+
+def _init_residual_params(module: nn.Module, shape: Sequence[int], bias: bool, device, dtype) -> None:
+    """The parameters of a residual layer: ``weight`` of ``shape`` (inner first), ``bias`` (inner,)
+    or none, and an empty eval cache; initialize them with :func:`_reset_residual_params`."""
+    fk = {"device": device, "dtype": dtype}
+    module.weight = nn.Parameter(torch.empty(*shape, **fk))
+    if bias:
+        module.bias = nn.Parameter(torch.empty(shape[0], **fk))
+    else:
+        module.register_parameter("bias", None)
+    module._cache_key = None
+    module._cache = None
+
+
+def _reset_residual_params(module: nn.Module, fan_in: int) -> None:
+    """W Xavier-normal, b uniform in ±1/sqrt(fan_in) (as the papers' code), eval cache cleared."""
+    with torch.no_grad():
+        nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.uniform_(module.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+    module._cache_key = None
 
 
 def _check_mode(layer: str, padding_mode: str) -> None:
@@ -178,24 +195,15 @@ class CPLLinear(LipschitzModule):
         self.inner_features = features if inner_features is None else _positive_int(
             "CPLLinear", "inner_features", inner_features)
         self.bound_iterations = _positive_int("CPLLinear", "bound_iterations", bound_iterations)
-        fk = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(self.inner_features, features, **fk))
-        self.bias = nn.Parameter(torch.empty(self.inner_features, **fk)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
-        self.register_buffer("u", torch.empty(self.inner_features, **fk))  # power-iteration vector
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tuple[Tensor, float]] = None
+        _init_residual_params(self, (self.inner_features, features), bias, device, dtype)
+        self.register_buffer("u", torch.empty(self.inner_features, device=device, dtype=dtype))  # power-iteration vector
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        _reset_residual_params(self, self.features)
         with torch.no_grad():
-            nn.init.xavier_normal_(self.weight)
-            if self.bias is not None:
-                nn.init.uniform_(self.bias, -1.0 / math.sqrt(self.features), 1.0 / math.sqrt(self.features))
             self.u.normal_()
             self.u.div_(self.u.norm().clamp_min(1e-30))
-        self._cache_key = None
 
     def _bound(self, w: Tensor) -> float:
         c = float(gram_spectral_bound(w.detach(), self.bound_iterations))
@@ -274,22 +282,11 @@ class CPLConv2d(LipschitzModule):
                                                                     kernel_size, padding_mode)
         self.kernel_size = (k, k)
         self.padding_mode = padding_mode
-        fk = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(self.inner_channels, self.channels, k, k, **fk))
-        self.bias = nn.Parameter(torch.empty(self.inner_channels, **fk)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tuple[Tensor, float]] = None
+        _init_residual_params(self, (self.inner_channels, self.channels, k, k), bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            nn.init.xavier_normal_(self.weight)
-            if self.bias is not None:
-                bound = 1.0 / math.sqrt(self.channels * self.kernel_size[0] * self.kernel_size[1])
-                nn.init.uniform_(self.bias, -bound, bound)
-        self._cache_key = None
+        _reset_residual_params(self, self.channels * self.kernel_size[0] * self.kernel_size[1])
 
     def _grid(self, hw: Sequence[int]) -> Tuple[int, int]:
         _check_mode("CPLConv2d", self.padding_mode)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..lipschitz import LipschitzModule
+from ..lipschitz import LipschitzModule, eval_mode
 
 __all__ = ["export"]
 
@@ -58,9 +58,7 @@ def export(model: nn.Module) -> nn.Module:
     forward pass is needed. The input model is not modified; the result is in eval mode and
     its outputs match the original's eval-mode outputs to float rounding.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):  # the modes of model and its children are restored after
         with torch.no_grad():
             memo: dict = {}
             _replacements(model, memo)
@@ -68,8 +66,6 @@ def export(model: nn.Module) -> nn.Module:
                 out = memo[id(model)]
             else:
                 out = _export_inplace(copy.deepcopy(model, memo))
-    finally:
-        model.train(was_training)
     out.eval()
     for p in out.parameters():
         p.requires_grad_(True)

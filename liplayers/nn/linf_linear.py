@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..lipschitz import linf_operator_norm
 from ..parametrizations.l1_ball import L1BallRows
+from ..utils import renamed_attribute
 from .linear import _ParametrizedLinear
 
 __all__ = ["LInfLinear"]
@@ -70,9 +70,7 @@ class LInfLinear(_ParametrizedLinear):
             if self.bias is not None:
                 self.bias.zero_()
 
-    @property
-    def projection(self) -> L1BallRows:
-        return self.parametrizations.weight[0]
+    projection = renamed_attribute("projection", "parametrization")
 
     def linf_lipschitz_bound(self, input_shape: Shape = None) -> float:
         """Guaranteed ∞→∞ Lipschitz bound: max row L1 norm of the weight used in eval mode."""

@@ -1,7 +1,6 @@
 r"""Linear residual convolution (LiResNet block): x + conv(x) as one normalized convolution."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -12,6 +11,8 @@ from ..functional.conv import _spatial, circular_conv2d, circular_conv_norm, con
 from ..functional.skew import transpose_kernel
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
+from ..utils import accepts_renamed_kwargs, renamed_attribute
+from ._conv_common import _kaiming_reset, _plain_conv2d, _positive_int
 from .soc import Size2, _check_same_conv
 
 __all__ = ["LinearResidualConv2d"]
@@ -45,11 +46,12 @@ class LinearResidualConv2d(LipschitzModule):
     σ is the norm of the circular convolution on the torus the layer is bounded on (the
     H×W input for circular padding; (H + kh − 1)×(W + kw − 1) for zero padding, whose norm is
     a guaranteed upper bound of the zero-padded operator's). Training: power iteration on
-    that operator from a persistent buffer ``u`` (``power_iterations`` per step, σ
+    that operator from a persistent buffer ``u`` (``n_power_iterations`` per step, σ
     differentiable, as in spectral normalization) — one small convolution per step instead of
     a per-frequency SVD; eval: the exact FFT norm (float64), computed once per parameter
     version and cached, so the eval block has norm ≤ 1 ('block') at the configured size.
-    ``input_size`` (H, W) configures that size, else the first forward does.
+    ``input_size``, the spatial size (H, W) of the inputs, configures that size, else the first
+    forward does.
 
     Guarantee: :meth:`lipschitz_bound` is :func:`~liplayers.functional.conv.conv2d_lipschitz_bound`
     of the combined kernel actually used (exact FFT norm for circular padding and a given
@@ -61,18 +63,19 @@ class LinearResidualConv2d(LipschitzModule):
         stride, dilation, groups: must be 1. padding: ``'same'`` (default) or (k − 1)/2.
         padding_mode: ``'zeros'`` (default) or ``'circular'``.
         normalize: ``'block'``, ``'conv'`` or ``None`` (see above).
-        input_size: (H, W) of the inputs, or None (taken from the first forward).
-        power_iterations: power iterations per training step.
+        input_size: the spatial size (H, W) of the inputs, or None (taken from the first forward).
+        n_power_iterations: power iterations per training step.
 
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, C, H, W)
     """
 
+    @accepts_renamed_kwargs({"power_iterations": "n_power_iterations"})
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2 = 3, stride: Size2 = 1,
                  padding: Union[str, Size2] = "same", dilation: Size2 = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None, *, normalize: Optional[str] = "block",
-                 input_size=None, power_iterations: int = 1) -> None:
+                 input_size=None, n_power_iterations: int = 1) -> None:
         super().__init__()
         ks = _check_same_conv("LinearResidualConv2d", in_channels, out_channels, kernel_size, stride, padding,
                               dilation, groups, padding_mode)
@@ -83,12 +86,11 @@ class LinearResidualConv2d(LipschitzModule):
             raise ValueError(f"LinearResidualConv2d: kernel sizes must be odd (the identity is the centre tap), got {ks}")
         if normalize not in ("block", "conv", None):
             raise ValueError(f"LinearResidualConv2d: normalize must be 'block', 'conv' or None, got {normalize!r}")
-        if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 1:
-            raise ValueError(f"LinearResidualConv2d: power_iterations must be a positive integer, got {power_iterations!r}")
+        _positive_int("LinearResidualConv2d", "n_power_iterations", n_power_iterations)
         self.in_channels = self.out_channels = in_channels
         self.kernel_size, self.stride, self.padding = ks, (1, 1), padding
         self.dilation, self.groups, self.padding_mode = (1, 1), 1, padding_mode
-        self.normalize, self.power_iterations = normalize, power_iterations
+        self.normalize, self.n_power_iterations = normalize, n_power_iterations
         self.input_size: Optional[Tuple[int, int]] = None if input_size is None else _spatial(input_size)
         fk = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(in_channels, in_channels, *ks, **fk))
@@ -98,13 +100,11 @@ class LinearResidualConv2d(LipschitzModule):
         self._cache: Optional[Tensor] = None
         self.reset_parameters()
 
+    power_iterations = renamed_attribute("power_iterations", "n_power_iterations")
+
     def reset_parameters(self) -> None:
         """nn.Conv2d's kernel initialization for the residual branch K, zero bias."""
-        with torch.no_grad():
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-            if self.bias is not None:
-                self.bias.zero_()
-        self._cache_key = None
+        _kaiming_reset(self)
 
     # -- normalization ----------------------------------------------------------------------------
     def _grid(self) -> Tuple[int, int]:
@@ -124,7 +124,7 @@ class LinearResidualConv2d(LipschitzModule):
             self.u = torch.randn(shape, generator=gen, dtype=m.dtype).to(m.device)
         with torch.no_grad():
             md, mt, u = m.detach(), transpose_kernel(m.detach()), self.u.to(m.dtype)
-            for _ in range(self.power_iterations):
+            for _ in range(self.n_power_iterations):
                 u = circular_conv2d(circular_conv2d(u, md), mt)  # AᵀA u (the adjoint: flipped, transposed kernel)
                 u = u / u.norm().clamp_min(torch.finfo(m.dtype).tiny)
             if not bool(torch.isfinite(u).all()):
@@ -185,15 +185,7 @@ class LinearResidualConv2d(LipschitzModule):
 
     def to_torch(self) -> nn.Conv2d:
         """``nn.Conv2d`` with the combined eval kernel (the identity folded in): the same map."""
-        k = self.eval_weight()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, 1,
-                         (self.kernel_size[0] // 2, self.kernel_size[1] // 2), bias=self.bias is not None,
-                         padding_mode=self.padding_mode, device=k.device, dtype=k.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(k)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return _plain_conv2d(self, self.eval_weight(), padding=(self.kernel_size[0] // 2, self.kernel_size[1] // 2))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the power-iteration buffer is allocated at the first training forward (its shape depends

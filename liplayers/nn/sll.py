@@ -17,7 +17,6 @@ t_i = Σ_j Σ_shifts |(KKᵀ)_ij[shift]| q_j/q_i dominates it on every input siz
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -29,7 +28,9 @@ from ..functional.conv import conv2d_lipschitz_bound
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
-from .cpl import _check_input, _check_mode, _conv, _conv_adjoint, _positive_int, _residual_conv_args, _scaled_relu
+from ._conv_common import _positive_int
+from .cpl import (_check_input, _check_mode, _conv, _conv_adjoint, _init_residual_params, _reset_residual_params,
+                  _residual_conv_args, _scaled_relu)
 
 __all__ = ["SLLLinear", "SLLConv2d"]
 
@@ -53,25 +54,16 @@ class _SLLBase(LipschitzModule):
     log_q: nn.Parameter
 
     def _init_params(self, inner: int, shape, bias: bool, fan_in: int, device, dtype) -> None:
-        fk = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(*shape, **fk))
-        self.bias = nn.Parameter(torch.empty(inner, **fk)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
-        self.log_q = nn.Parameter(torch.zeros(inner, **fk))  # q = exp(log_q) > 0
+        _init_residual_params(self, shape, bias, device, dtype)
+        self.log_q = nn.Parameter(torch.zeros(inner, device=device, dtype=dtype))  # q = exp(log_q) > 0
         self._fan_in = fan_in
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """W Xavier-normal, b uniform in ±1/sqrt(fan_in), q = 1 (as the paper's code)."""
+        _reset_residual_params(self, self._fan_in)
         with torch.no_grad():
-            nn.init.xavier_normal_(self.weight)
-            if self.bias is not None:
-                nn.init.uniform_(self.bias, -1.0 / math.sqrt(self._fan_in), 1.0 / math.sqrt(self._fan_in))
             self.log_q.zero_()
-        self._cache_key = None
 
     @torch.compiler.disable  # the version check must run on every call
     def _eval_tau(self) -> Tensor:

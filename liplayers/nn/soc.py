@@ -20,6 +20,8 @@ from ..functional.skew import (
 )
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
+from ..utils import accepts_renamed_kwargs, renamed_attribute
+from ._conv_common import _positive_int
 
 __all__ = ["SOCConv2d"]
 
@@ -30,8 +32,7 @@ def _check_same_conv(layer: str, in_channels, out_channels, kernel_size, stride,
                      padding_mode, allowed_modes=("zeros", "circular")) -> Tuple[int, int]:
     """Validate the nn.Conv2d-style arguments of a stride-1 'same' layer; returns the kernel size."""
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
+        _positive_int(layer, name, v)
     ks = _pair(kernel_size, "kernel_size")
     if min(ks) < 1:
         raise ValueError(f"{layer}: kernel_size must be >= 1, got {kernel_size!r}")
@@ -59,7 +60,7 @@ class SOCConv2d(LipschitzModule):
     A_K = (ρ/σ) (K − Kᵀ) (Kᵀ: channels swapped, taps flipped; :func:`~liplayers.functional.skew.skew_kernel`),
     so Aᵀ = −A exactly (zero or circular padding) and exp(A) is orthogonal. σ ≈ ‖K − Kᵀ‖ as an
     operator (power iteration on the circular convolution on a fixed ``grid``×``grid`` torus,
-    ``power_iterations`` per training step from a persistent buffer, σ differentiable; in eval
+    ``n_power_iterations`` per training step from a persistent buffer, σ differentiable; in eval
     the exact maximum over that grid), so ‖A‖ ≈ ρ = ``correction`` (0.7 as in the paper).
     Channel change as in the paper: with c = max(in, out) channels, the input is zero-padded
     to c channels and the first ``out_channels`` output channels are kept.
@@ -89,7 +90,7 @@ class SOCConv2d(LipschitzModule):
         tol: eval tolerance on the truncation tail (default 1e-6, 1e-12 for float64).
         correction: target operator norm ρ of A.
         max_terms: cap on eval terms (ValueError if the tolerance needs more).
-        power_iterations: power iterations per training step for σ.
+        n_power_iterations: power iterations per training step for σ.
         grid: size of the torus on which σ is measured (at least the kernel size).
 
     Shape:
@@ -102,41 +103,39 @@ class SOCConv2d(LipschitzModule):
     Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021.
     """
 
+    @accepts_renamed_kwargs({"power_iterations": "n_power_iterations"})
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
                  padding: Union[str, Size2] = "same", dilation: Size2 = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None, *, train_terms: int = 5,
                  tol: Optional[float] = None, correction: float = 0.7, max_terms: int = 40,
-                 power_iterations: int = 1, grid: int = 16) -> None:
+                 n_power_iterations: int = 1, grid: int = 16) -> None:
         super().__init__()
         ks = _check_same_conv("SOCConv2d", in_channels, out_channels, kernel_size, stride, padding, dilation,
                               groups, padding_mode)
         if ks[0] % 2 == 0 or ks[1] % 2 == 0:
             raise ValueError(f"SOCConv2d: kernel sizes must be odd (a skew-symmetric 'same' convolution needs a "
                              f"centred kernel), got {ks}")
-        if isinstance(train_terms, bool) or not isinstance(train_terms, int) or train_terms < 1:
-            raise ValueError(f"SOCConv2d: train_terms must be a positive integer, got {train_terms!r}")
+        _positive_int("SOCConv2d", "train_terms", train_terms)
         if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
             raise ValueError(f"SOCConv2d: tol must be in (0, 1), got {tol!r}")
         if not (isinstance(correction, (int, float)) and 0 < correction <= 2):
             raise ValueError(f"SOCConv2d: correction must be in (0, 2], got {correction!r}")
-        if isinstance(max_terms, bool) or not isinstance(max_terms, int) or max_terms < 1:
-            raise ValueError(f"SOCConv2d: max_terms must be a positive integer, got {max_terms!r}")
-        if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 1:
-            raise ValueError(f"SOCConv2d: power_iterations must be a positive integer, got {power_iterations!r}")
+        _positive_int("SOCConv2d", "max_terms", max_terms)
+        _positive_int("SOCConv2d", "n_power_iterations", n_power_iterations)
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < max(ks):
             raise ValueError(f"SOCConv2d: grid must be an integer >= the kernel size {max(ks)}, got {grid!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = ks, (1, 1), padding
         self.dilation, self.groups, self.padding_mode = (1, 1), 1, padding_mode
         self.train_terms, self.tol, self.correction = train_terms, tol, float(correction)
-        self.max_terms, self.power_iterations, self.grid = max_terms, power_iterations, grid
+        self.max_terms, self.n_power_iterations, self.grid = max_terms, n_power_iterations, grid
         c = max(in_channels, out_channels)
         fk = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(c, c, *ks, **fk))
         self.bias = nn.Parameter(torch.empty(out_channels, **fk)) if bias else None
         gen = torch.Generator(device="cpu").manual_seed(c)
-        u = torch.randn(1, c, grid, grid, generator=gen, dtype=compute_dtype(self.weight.dtype))
-        self.register_buffer("u", (u / u.norm()).to(device))
+        u = torch.randn(1, c, grid, grid, generator=gen, dtype=compute_dtype(self.weight.dtype)).to(device)
+        self.register_buffer("u", u / u.norm())
         self._cache_key: Optional[tuple] = None
         self._cache: Optional[Tuple[Tensor, int, float]] = None
         self._fft_cache: Dict[Tuple[int, int], Tensor] = {}
@@ -150,6 +149,8 @@ class SOCConv2d(LipschitzModule):
                 self.bias.zero_()
         self._cache_key = None
         self._power_iteration(skew_kernel(self.weight.detach().to(self.u.dtype)), self._WARMUP)
+
+    power_iterations = renamed_attribute("power_iterations", "n_power_iterations")
 
     _WARMUP = 50  # power iterations after (re)initialization, so the first training steps see σ converged
 
@@ -174,7 +175,7 @@ class SOCConv2d(LipschitzModule):
     def _train_kernel(self) -> Tensor:
         cd = compute_dtype(self.weight.dtype)
         s = skew_kernel(self.weight.to(cd))
-        u = self._power_iteration(s.detach(), self.power_iterations)
+        u = self._power_iteration(s.detach(), self.n_power_iterations)
         sigma = circular_conv2d(u, s).norm()  # ≤ ‖A_S‖, differentiable in the kernel
         return s * (self.correction / sigma.clamp_min(torch.finfo(cd).tiny))
 

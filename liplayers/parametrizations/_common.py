@@ -1,10 +1,14 @@
-"""Helpers shared by the weight maps: working precision, orthogonal init, the eval-mode cache key."""
+"""Helpers shared by the weight maps: working precision, orthogonal init, the eval-mode cache key, the
+accessor of a layer's weight map."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compute_dtype", "orthogonal_init_", "eval_mode_weight", "version_key"]
+__all__ = ["compute_dtype", "orthogonal_init_", "eval_mode_weight", "version_key", "weight_parametrization",
+           "EvalCachedMap"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,3 +48,44 @@ def version_key(*xs: Tensor) -> tuple:
     """Key of the eval-mode caches: changes whenever any of ``xs`` is modified in place, moved or resized."""
     return tuple((x._version, x.data_ptr(), x.dtype, x.device, tuple(x.shape)) for x in xs)
 
+
+
+def weight_parametrization(module: nn.Module, name: str = "weight") -> nn.Module:
+    """The weight map registered on ``module.<name>`` (``module.parametrizations[name][0]``).
+
+    Every parametrized layer exposes it as its ``parametrization`` property
+    (``parametrization = property(weight_parametrization)``).
+    """
+    return module.parametrizations[name][0]
+
+
+class EvalCachedMap(nn.Module):
+    """Base of the weight maps whose eval-mode weight is computed once per version of the stored
+    parameter and cached, so that an eval forward costs the plain layer.
+
+    Subclasses implement ``_compute_eval(v)`` (``v`` detached, under ``no_grad``; returns the
+    weight used in eval mode) and may extend ``_eval_key(v)`` (default :func:`version_key`) with
+    the settings the value depends on; ``forward`` returns ``self._eval_weight(v)`` in eval mode.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[Tensor] = None
+
+    def _eval_key(self, v: Tensor) -> tuple:
+        return version_key(v)
+
+    def _compute_eval(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # The version check must run on every call: a compiled graph does not guard on a tensor's
+    # version, so under torch.compile this runs eagerly (one graph break).
+    @torch.compiler.disable
+    def _eval_weight(self, v: Tensor) -> Tensor:
+        key = self._eval_key(v)
+        if self._cache_key != key:
+            with torch.no_grad():
+                self._cache = self._compute_eval(v.detach())
+            self._cache_key = key
+        return self._cache  # type: ignore[return-value]

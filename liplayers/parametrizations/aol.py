@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.aol import aol_rescale
-from ._common import compute_dtype as _compute_dtype, version_key as _version_key
+from ._common import EvalCachedMap, compute_dtype as _compute_dtype, version_key as _version_key
 
 __all__ = ["AOL", "aol", "aol_padding_is_sound", "check_aol_padding"]
 
@@ -43,7 +43,7 @@ def check_aol_padding(padding_mode: str, padding, kernel_size, dilation, layer: 
             "per side: it wraps pixels twice, so the layer would not be 1-Lipschitz; use 'same' or less")
 
 
-class AOL(nn.Module):
+class AOL(EvalCachedMap):
     r"""Parametrization ``W = P·D``: almost-orthogonal rescaling (Prach & Lampert, ECCV 2022).
 
     D = diag(d), d_i = (Σ_j Σ_t |(PᵀP)_ij[t]|)^(-1/2): for a dense weight (out, in) the sum is
@@ -70,25 +70,20 @@ class AOL(nn.Module):
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"AOL: groups must be a positive integer, got {groups!r}")
         self.groups = groups
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
 
     def _rescale(self, v: Tensor) -> Tensor:
         if v.dim() < 2:
             raise ValueError(f"AOL expects a matrix or a convolution kernel, got shape {tuple(v.shape)}")
         return aol_rescale(v.to(_compute_dtype(v.dtype)), self.groups).to(v.dtype)
 
-    @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
-    def _eval_weight(self, v: Tensor) -> Tensor:
-        key = (_version_key(v), self.groups)
-        if self._cache_key != key:
-            with torch.no_grad():
-                w = self._rescale(v.detach())
-                if not bool(torch.isfinite(w).all()):
-                    raise ValueError("AOL: the weight contains non-finite values (NaN or Inf)")
-                self._cache = w
-            self._cache_key = key
-        return self._cache  # type: ignore[return-value]
+    def _eval_key(self, v: Tensor) -> tuple:
+        return (_version_key(v), self.groups)
+
+    def _compute_eval(self, v: Tensor) -> Tensor:
+        w = self._rescale(v)
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("AOL: the weight contains non-finite values (NaN or Inf)")
+        return w
 
     def forward(self, v: Tensor) -> Tensor:
         if not self.training:

@@ -8,12 +8,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.skew import block_reflector as _block_reflector
-from ._common import compute_dtype, version_key
+from ._common import EvalCachedMap, compute_dtype
 
 __all__ = ["BlockReflector", "block_reflector"]
 
 
-class BlockReflector(nn.Module):
+class BlockReflector(EvalCachedMap):
     r"""Parametrization ``W = (I − 2V(VᵀV)⁻¹Vᵀ)[:out, :in]`` from a stored V of shape (n, rank).
 
     n = max(out, in). I − 2V(VᵀV)⁻¹Vᵀ = I − 2P (P the orthogonal projector onto range V) is
@@ -48,24 +48,16 @@ class BlockReflector(nn.Module):
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= n:
             raise ValueError(f"BlockReflector: rank must be an integer in [1, {n}], got {rank!r}")
         self.out_features, self.in_features, self.n, self.rank = out_features, in_features, n, rank
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
 
     def _check(self, v: Tensor) -> None:
         if tuple(v.shape) != (self.n, self.rank):
             raise ValueError(f"BlockReflector expects V of shape {(self.n, self.rank)}, got {tuple(v.shape)}")
 
-    @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
-    def _eval_weight(self, v: Tensor) -> Tensor:
-        key = version_key(v)
-        if self._cache_key != key:
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError("BlockReflector: V contains non-finite values (NaN or Inf)")
-            with torch.no_grad():
-                w = _block_reflector(v.detach().to(torch.float64), self.out_features, self.in_features, "qr")
-                self._cache = w.to(v.dtype).contiguous()
-            self._cache_key = key
-        return self._cache
+    def _compute_eval(self, v: Tensor) -> Tensor:
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("BlockReflector: V contains non-finite values (NaN or Inf)")
+        w = _block_reflector(v.to(torch.float64), self.out_features, self.in_features, "qr")
+        return w.to(v.dtype).contiguous()
 
     def forward(self, v: Tensor) -> Tensor:
         self._check(v)

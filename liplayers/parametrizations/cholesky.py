@@ -1,13 +1,11 @@
 r"""Cholesky orthonormalization as a weight map (``torch.nn.utils.parametrize``)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._common import compute_dtype, version_key
+from ._common import EvalCachedMap, compute_dtype
 
 __all__ = ["CholeskyOrthonormal", "cholesky_orthonormal", "cholesky_orthonormalize"]
 
@@ -50,7 +48,7 @@ def cholesky_orthonormalize(v: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(chol, v, upper=False)  # L^{-1} V
 
 
-class CholeskyOrthonormal(nn.Module):
+class CholeskyOrthonormal(EvalCachedMap):
     r"""Parametrization ``W = cholesky_orthonormalize(V)``: semi-orthonormal rows or columns.
 
     Training: the differentiable Cholesky map in float32 at least (bf16/fp16 upcast).
@@ -60,19 +58,8 @@ class CholeskyOrthonormal(nn.Module):
     jitter used when V is numerically rank-deficient.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
-
-    @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
-    def _eval_weight(self, v: Tensor) -> Tensor:
-        key = version_key(v)
-        if self._cache_key != key:
-            with torch.no_grad():
-                self._cache = cholesky_orthonormalize(v.detach().to(torch.float64)).to(v.dtype).contiguous()
-            self._cache_key = key
-        return self._cache
+    def _compute_eval(self, v: Tensor) -> Tensor:
+        return cholesky_orthonormalize(v.to(torch.float64)).to(v.dtype).contiguous()
 
     def forward(self, v: Tensor) -> Tensor:
         if v.dim() != 2:

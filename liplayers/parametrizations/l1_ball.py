@@ -1,18 +1,15 @@
 """Row-wise projection onto the L1 ball as a weight map: every row of W has L1 norm ≤ r."""
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..functional.l1_projection import project_l1_ball
-from ._common import version_key
+from ._common import EvalCachedMap, version_key
 
 __all__ = ["L1BallRows"]
 
 
-class L1BallRows(nn.Module):
+class L1BallRows(EvalCachedMap):
     r"""Parametrization ``W = P_{B₁(r)}(V)`` row by row: every row of W has L1 norm ≤ ``radius``.
 
     Hence ``‖W‖_{∞→∞} ≤ radius`` (Anil, Lucas & Grosse 2019; projection of Condat 2016,
@@ -33,20 +30,19 @@ class L1BallRows(nn.Module):
             raise ValueError(f"method must be 'newton', 'sort' or 'condat', got {method!r}")
         self.radius = float(radius)
         self.method = method
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
 
     def forward(self, v: Tensor) -> Tensor:
         if v.dim() != 2:
             raise ValueError(f"L1BallRows expects a 2-D weight (out, in), got shape {tuple(v.shape)}")
         if self.training:
             return project_l1_ball(v, self.radius, dim=-1, method=self.method)
-        key = version_key(v)
-        if self._cache_key != key:
-            with torch.no_grad():
-                self._cache = project_l1_ball(v.detach(), self.radius, dim=-1, method=self.method)
-            self._cache_key = key
-        return self._cache
+        return self._eval_weight(v)
+
+    def _eval_key(self, v: Tensor) -> tuple:
+        return version_key(v) + (self.radius, self.method)
+
+    def _compute_eval(self, v: Tensor) -> Tensor:
+        return project_l1_ball(v, self.radius, dim=-1, method=self.method)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """Any weight is accepted; rows outside the ball are projected at the next forward."""

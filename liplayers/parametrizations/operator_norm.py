@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..functional.conv import (_spatial, circular_conv_norm, conv_operator_power_iteration, grouped_to_dense_kernel,
                                resolve_padding)
+from ..utils import accepts_renamed_kwargs, renamed_attribute
 from ._common import compute_dtype as _compute_dtype, version_key as _version_key
 
 __all__ = ["OperatorNormalized"]
@@ -21,13 +22,14 @@ class OperatorNormalized(nn.Module):
     'same' padding; N = H + p_top + p_bottom rounded up to the stride for zero padding), whose
     norm is exactly computable by FFT and is a guaranteed upper bound of the layer's operator
     norm (:mod:`liplayers.functional.conv`). Training: power iteration on that operator and its
-    adjoint from a persistent buffer ``u`` (``iterations`` per forward), σ = ‖A_K û‖
+    adjoint from a persistent buffer ``u`` (``n_power_iterations`` per forward), σ = ‖A_K û‖
     differentiable in K (a lower bound converging to ‖A_K‖). Eval: exact FFT norm (float64 SVD
     per frequency), computed once per parameter version; the eval operator norm is ≤ 1.
     """
 
+    @accepts_renamed_kwargs({"iterations": "n_power_iterations"})
     def __init__(self, kernel_size, stride, padding, dilation, padding_mode, groups, input_size,
-                 iterations: int) -> None:
+                 n_power_iterations: int) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
@@ -35,7 +37,7 @@ class OperatorNormalized(nn.Module):
         self.dilation = dilation
         self.padding_mode = padding_mode
         self.groups = groups
-        self.iterations = iterations
+        self.n_power_iterations = n_power_iterations
         self.input_size: Optional[Tuple[int, int]] = None
         self.register_buffer("u", torch.empty(0))
         self._cache_key: Optional[tuple] = None
@@ -43,7 +45,10 @@ class OperatorNormalized(nn.Module):
         if input_size is not None:
             self.set_input_size(_spatial(input_size))
 
+    iterations = renamed_attribute("iterations", "n_power_iterations")
+
     def set_input_size(self, hw: Tuple[int, int]) -> None:
+        """Set the spatial size (H, W) of the inputs the kernel is normalized for."""
         self.input_size = (int(hw[0]), int(hw[1]))
         self._cache_key = None
 
@@ -90,7 +95,7 @@ class OperatorNormalized(nn.Module):
         if self.u.shape != shape:
             g = torch.Generator(device="cpu").manual_seed(0)
             self.u = torch.randn(shape, generator=g, dtype=cd).to(v.device)
-        _, u = conv_operator_power_iteration(self._op(v.detach().to(cd)), self.u.to(cd), self.iterations)
+        _, u = conv_operator_power_iteration(self._op(v.detach().to(cd)), self.u.to(cd), self.n_power_iterations)
         if not bool(torch.isfinite(u).all()):
             raise ValueError("SpectralConv2d: the kernel contains non-finite values (NaN or Inf)")
         with torch.no_grad():

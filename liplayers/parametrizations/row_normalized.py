@@ -1,13 +1,11 @@
 r"""Row normalization as a weight map (``torch.nn.utils.parametrize``)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._common import compute_dtype, version_key
+from ._common import EvalCachedMap, compute_dtype
 
 __all__ = ["RowNormalized", "row_normalized"]
 
@@ -17,7 +15,7 @@ def _normalize_rows(v: Tensor) -> Tensor:
     return v / norms.clamp_min(torch.finfo(v.dtype).tiny)
 
 
-class RowNormalized(nn.Module):
+class RowNormalized(EvalCachedMap):
     r"""Parametrization ``w_i = v_i / ‖v_i‖₂``: every row of the weight has unit L2 norm.
 
     A zero row stays zero. Computed in float32 at least; in eval once per version of the
@@ -27,21 +25,10 @@ class RowNormalized(nn.Module):
     robustness on CIFAR-10 and CIFAR-100", ICLR 2022).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[Tensor] = None
-
-    @torch.compiler.disable  # the version check must run on every call (see BjorckOrthonormal)
-    def _eval_weight(self, v: Tensor) -> Tensor:
-        key = version_key(v)
-        if self._cache_key != key:
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError("RowNormalized: the weight contains non-finite values (NaN or Inf)")
-            with torch.no_grad():
-                self._cache = _normalize_rows(v.detach().to(torch.float64)).to(v.dtype)
-            self._cache_key = key
-        return self._cache
+    def _compute_eval(self, v: Tensor) -> Tensor:
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("RowNormalized: the weight contains non-finite values (NaN or Inf)")
+        return _normalize_rows(v.to(torch.float64)).to(v.dtype)
 
     def forward(self, v: Tensor) -> Tensor:
         if v.dim() != 2:

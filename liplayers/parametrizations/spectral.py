@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.spectral import power_iteration
+from ..utils import accepts_renamed_kwargs, renamed_attribute
 from ._common import compute_dtype as _compute_dtype, version_key as _version_key
 
 __all__ = ["SpectralNormalized"]
@@ -15,7 +16,7 @@ __all__ = ["SpectralNormalized"]
 class SpectralNormalized(nn.Module):
     r"""Parametrization ``W = V / σ(V)`` with σ estimated by power iteration.
 
-    In training, each forward runs ``train_iterations`` power iterations from the persistent
+    In training, each forward runs ``n_power_iterations`` power iterations from the persistent
     vector ``u`` (a buffer, so it is saved, synchronised by DDP and restored); V moves little
     per step, so the estimate keeps converging across steps (torch's ``spectral_norm`` runs
     one). In eval no iteration runs per forward: once per parameter version, σ is refined
@@ -28,15 +29,17 @@ class SpectralNormalized(nn.Module):
     certificates use the exact norm of the weight actually used (see ``lipschitz_bound``).
     """
 
+    @accepts_renamed_kwargs({"train_iterations": "n_power_iterations"})
     def __init__(self, shape: torch.Size, tol: float = 1e-10, max_iterations: int = 100,
                  detach_sigma: bool = False, generator: Optional[torch.Generator] = None,
-                 train_iterations: int = 3) -> None:
+                 n_power_iterations: int = 3) -> None:
         super().__init__()
         if len(shape) != 2:
             raise ValueError(f"SpectralNormalized expects a 2-D weight shape, got {tuple(shape)}")
-        if max_iterations < 1 or train_iterations < 1:
-            raise ValueError(f"max_iterations and train_iterations must be >= 1, got {max_iterations}, {train_iterations}")
-        self.train_iterations = train_iterations
+        if max_iterations < 1 or n_power_iterations < 1:
+            raise ValueError(f"max_iterations and n_power_iterations must be >= 1, got {max_iterations}, "
+                             f"{n_power_iterations}")
+        self.n_power_iterations = n_power_iterations
         self.tol = tol
         self.max_iterations = max_iterations
         self.detach_sigma = detach_sigma
@@ -45,12 +48,14 @@ class SpectralNormalized(nn.Module):
         self._cache_key: Optional[tuple] = None
         self._cache: Optional[Tensor] = None
 
+    train_iterations = renamed_attribute("train_iterations", "n_power_iterations")
+
     def _power(self, v: Tensor, update: bool):
         """(σ, u, v) by power iteration from the persistent ``u`` (no grad); ``update`` stores u."""
         # matrix-vector products are cheap: iterate in float64 so the stopping test is not
         # fooled by float32 rounding of σ
         dtype = torch.complex128 if v.is_complex() else torch.float64
-        iterations, tol = (self.train_iterations, 0.0) if update else (self.max_iterations, self.tol)
+        iterations, tol = (self.n_power_iterations, 0.0) if update else (self.max_iterations, self.tol)
         sigma, u, vec = power_iteration(v.detach().to(dtype), self.u.to(dtype), iterations, tol)
         if update:
             with torch.no_grad():

@@ -28,7 +28,7 @@ classes, no chart, no pole) — this is how everything here is computed
   equalizes all the non-zero eigenvalues.
 
 ``estimator="exact"`` uses the full Jacobian (``C`` reverse passes, vmapped); ``"power"`` runs
-``iterations`` steps of power iteration on ``G̃_x`` matrix-free (one JVP and one VJP per step,
+``n_power_iterations`` steps of power iteration on ``G̃_x`` matrix-free (one JVP and one VJP per step,
 cost independent of ``C``) and returns the Rayleigh quotient ``‖J_μ v‖²`` with ``v`` detached —
 a lower bound of ``λ_max`` whose gradient is the eigenvalue's gradient at convergence (Danskin).
 """
@@ -41,9 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jvp, vjp
-from ..functional import random as _rng
 
+from ..functional import random as _rng
 from ..functional.geometry import sphere_coordinates
+from ..losses._common import _check_reduction, _reduce
+from ..utils import accepts_renamed_kwargs, renamed_attribute
+from ._iso_common import _check_x
 from .iso import sqrt_prob_jacobian
 
 __all__ = [
@@ -53,11 +56,6 @@ __all__ = [
     "fisher_max_eigenvalue",
     "FisherEigenvalueLoss",
 ]
-
-
-def _check_x(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least 2 dims")
 
 
 def fisher_spectrum(model: nn.Module, x: Tensor) -> Tensor:
@@ -118,11 +116,12 @@ def data_rank(model: nn.Module, x: Tensor, rtol: Optional[float] = None) -> Tens
     return ((sv > rtol * top) & (top > 0)).sum(-1)
 
 
+@accepts_renamed_kwargs({"iterations": "n_power_iterations"})
 def fisher_max_eigenvalue(
     model: nn.Module,
     x: Tensor,
     estimator: str = "exact",
-    iterations: int = 10,
+    n_power_iterations: int = 10,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     r"""Largest eigenvalue ``λ_max(J_μᵀJ_μ)`` of the pulled-back Fisher metric per sample, ``(B,)``.
@@ -134,10 +133,10 @@ def fisher_max_eigenvalue(
         model: maps ``x`` (B, ...) to logits (B, C); samples must not interact.
         x: inputs (B, ...).
         estimator: ``"exact"`` (top eigenvalue of the ``C × C`` matrix ``J_μJ_μᵀ``; ``C``
-            reverse passes) or ``"power"`` (``iterations`` matrix-free power steps on
+            reverse passes) or ``"power"`` (``n_power_iterations`` matrix-free power steps on
             ``J_μᵀJ_μ``, each one JVP and one VJP, then the Rayleigh quotient ``‖J_μ v‖²``
             with ``v`` detached: a lower bound, equal to ``λ_max`` at convergence).
-        iterations: power steps (``"power"`` only), ≥ 1.
+        n_power_iterations: power steps (``"power"`` only), ≥ 1.
         generator: for the random start vector of ``"power"``.
     """
     _check_x(x)
@@ -145,8 +144,8 @@ def fisher_max_eigenvalue(
         return fisher_spectrum(model, x)[:, 0]
     if estimator != "power":
         raise ValueError(f"estimator must be 'exact' or 'power', got {estimator!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
+        raise ValueError(f"n_power_iterations must be a positive int, got {n_power_iterations!r}")
 
     def mu_of(z: Tensor) -> Tensor:
         return sphere_coordinates(model(z), validate=False)
@@ -156,7 +155,7 @@ def fisher_max_eigenvalue(
     v = _rng.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         _, pull = vjp(mu_of, xd)
-        for _ in range(iterations):
+        for _ in range(n_power_iterations):
             v = v / v.reshape(B, -1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny).reshape(
                 (B,) + (1,) * (x.dim() - 1))
             _, u = jvp(mu_of, (xd,), (v,))  # J_μ v, (B, C)
@@ -168,38 +167,37 @@ def fisher_max_eigenvalue(
 
 
 class FisherEigenvalueLoss(nn.Module):
-    r"""``CE(F(x), y) + η · λ_max(J_μᵀJ_μ)`` — Shen et al.'s (2019) regularized loss (Shi-Garrier et al. 2024 §3.2).
+    r"""Shen et al.'s (2019) loss (Shi-Garrier et al. 2024 §3.2): ``loss = CE(F(x), y) + lam·λ_max(J_μᵀJ_μ)``.
 
     Args:
-        eta: weight ``η ≥ 0`` of the largest-eigenvalue penalty.
-        estimator, iterations, generator: as in :func:`fisher_max_eigenvalue`.
+        lam: weight ``lam ≥ 0`` of the largest-eigenvalue penalty.
+        estimator, n_power_iterations, generator: as in :func:`fisher_max_eigenvalue`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     ``forward(model, x, y) -> loss``. ``self.last_ce`` / ``self.last_eig`` hold the detached batch
     means of the two terms for logging. One extra forward for the cross-entropy logits.
+
+    Shape: x (B, ...), y (B,) → scalar, or (B,) with ``reduction="none"``.
     """
 
-    def __init__(self, eta: float = 0.1, *, estimator: str = "exact", iterations: int = 10,
+    @accepts_renamed_kwargs({"eta": "lam", "iterations": "n_power_iterations"})
+    def __init__(self, lam: float = 0.1, *, estimator: str = "exact", n_power_iterations: int = 10,
                  reduction: str = "mean", generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta must be a non-negative finite number, got {eta!r}")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam must be a non-negative finite number, got {lam!r}")
         if estimator not in ("exact", "power"):
             raise ValueError(f"estimator must be 'exact' or 'power', got {estimator!r}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.eta, self.estimator, self.iterations = float(eta), estimator, iterations
-        self.reduction, self.generator = reduction, generator
+        self.lam, self.estimator, self.n_power_iterations = float(lam), estimator, n_power_iterations
+        self.reduction, self.generator = _check_reduction(reduction), generator
         self.last_ce: Optional[Tensor] = None
         self.last_eig: Optional[Tensor] = None
 
+    eta = renamed_attribute("eta", "lam")
+    iterations = renamed_attribute("iterations", "n_power_iterations")
+
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        lam = fisher_max_eigenvalue(model, x, self.estimator, self.iterations, self.generator)
+        eig = fisher_max_eigenvalue(model, x, self.estimator, self.n_power_iterations, self.generator)
         ce = F.cross_entropy(model(x), y, reduction="none")
-        loss = ce + self.eta * lam
-        self.last_ce, self.last_eig = ce.detach().mean(), lam.detach().mean()
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        self.last_ce, self.last_eig = ce.detach().mean(), eig.detach().mean()
+        return _reduce(ce + self.lam * eig, self.reduction)

@@ -89,16 +89,16 @@ independently (no batch-statistics coupling such as BatchNorm in training mode).
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import jacrev, jvp, vmap
-from ..functional import random as _rng
 
 from ..functional.geometry import delta_m, sphere_coordinates
+from ..utils import accepts_renamed_kwargs
+from ._iso_common import (_check_estimator, _check_int, _check_logits, _check_positive, _check_x, _gram_terms,
+                          _jvp_probes as _probe_images, _output_jacobian, _safe_sqrt, _ScheduledISO, iso_schedule)
 
 __all__ = [
     "sqrt_prob_jacobian",
@@ -109,37 +109,17 @@ __all__ = [
     "ISOLoss",
 ]
 
-
-# --------------------------------------------------------------------------- helpers
-def _check_x(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least 2 dims")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains non-finite values")
+_RENAMED = {"epsilon": "eps"}
 
 
-def _check_logits(logits: Tensor, B: int) -> None:
-    if logits.dim() != 2 or logits.shape[0] != B or logits.shape[1] < 2:
-        raise ValueError(f"model must return logits of shape (B, C) with B={B}, C>=2; got {tuple(logits.shape)}")
-    if not bool(torch.isfinite(logits.detach()).all()):
-        raise ValueError("model returned non-finite logits")
+def _mu(logits: Tensor) -> Tensor:
+    return sphere_coordinates(logits, validate=False)
 
 
-def _mu_and_logits(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
-    logits = model(x)
-    return sphere_coordinates(logits, validate=False), logits
-
-
-def _check_positive(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    return float(v)
-
-
-def _scale(epsilon: float, scale: Optional[float], num_classes: int) -> float:
-    epsilon = _check_positive("epsilon", epsilon)
+def _scale(eps: float, scale: Optional[float], num_classes: int) -> float:
+    eps = _check_positive("eps", eps)
     if scale is None:
-        return delta_m(num_classes) / epsilon
+        return delta_m(num_classes) / eps
     return _check_positive("scale", scale)
 
 
@@ -150,16 +130,7 @@ def sqrt_prob_jacobian(model: nn.Module, x: Tensor, *, return_logits: bool = Fal
     vmapped).  Differentiable w.r.t. the model parameters.  With ``return_logits=True``
     returns ``(J, logits)``.
     """
-    _check_x(x)
-    B = x.shape[0]
-
-    def f(z: Tensor):
-        mu, logits = _mu_and_logits(model, z)
-        return mu.sum(0), logits
-
-    jac, logits = jacrev(f, has_aux=True)(x)  # (C, B, *x.shape[1:])
-    _check_logits(logits, B)
-    J = jac.reshape(jac.shape[0], B, -1).transpose(0, 1)  # (B, C, n)
+    J, logits = _output_jacobian(model, x, _mu)
     return (J, logits) if return_logits else J
 
 
@@ -175,25 +146,9 @@ def _target(mu: Tensor, K: float) -> Tensor:
     return K * K * (eye - mu[:, :, None] * mu[:, None, :] / 4)
 
 
-def _check_int(name: str, k, low: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {k!r}")
-    return k
-
-
 def _jvp_probes(model, x, k, probe, generator):
     """u_i = J_μ v_i for k independent probes: returns (mu (B,C), u (k,B,C), logits (B,C))."""
-    V = _rng.probes(x.shape, k, probe, generator, x.dtype, x.device)
-
-    def one(v: Tensor):
-        return jvp(lambda z: _mu_and_logits(model, z), (x,), (v,), has_aux=True)
-
-    if k == 1:  # plain jvp: avoids vmap's overhead
-        mu, u, logits = one(V[0])
-        return mu, u.unsqueeze(0), logits
-    # the primal (mu, logits) does not depend on the probe: computed once, not k times
-    mu, u, logits = vmap(one, out_dims=(None, 0, None))(V)
-    return mu, u, logits
+    return _probe_images(model, x, k, probe, generator, _mu)
 
 
 def _target_traces(mu: Tensor, K: float):
@@ -207,9 +162,7 @@ def _u_statistic(mu: Tensor, u: Tensor, K: float) -> Tensor:
     """Unbiased estimate of ||J J^T - C||_F^2 from u (k>=2, B, C), any probes with E[vv^T]=I; (B,)."""
     k = u.shape[0]
     _, c_norm2 = _target_traces(mu, K)
-    G = torch.einsum("ibc,jbc->bij", u, u)  # (B, k, k) Gram matrix of the probe images
-    diag = torch.diagonal(G, dim1=1, dim2=2)  # (B, k) = |u_i|^2
-    mean_off = (G.pow(2).sum((1, 2)) - diag.pow(2).sum(1)) / (k * (k - 1))
+    mean_off, diag = _gram_terms(u)  # diag (B, k) = |u_i|^2
     muu = torch.einsum("bc,ibc->bi", mu, u)  # (B, k), = 0 analytically
     uCu = K * K * (diag - muu.pow(2) / 4)  # u_i^T C u_i
     return mean_off - (2.0 / k) * uCu.sum(1) + c_norm2
@@ -229,21 +182,15 @@ def _gaussian_moment(mu: Tensor, u: Tensor, K: float) -> Tensor:
     return q.mean(0) + trC * trC + 2 * c_norm2
 
 
-def _safe_sqrt(v: Tensor) -> Tensor:
-    """sqrt(max(v, 0)) with a zero gradient where v <= 0 (no inf/nan)."""
-    pos = v > 0
-    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
-
-
-def _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe, deviation="frobenius"):
+def _iso(model, x, eps, scale, estimator, num_probes, generator, squared, probe, deviation="frobenius"):
     _check_x(x)
-    _check_positive("epsilon", epsilon)
+    _check_positive("eps", eps)
     if deviation not in ("frobenius", "gaussian"):
         raise ValueError(f"deviation must be 'frobenius' or 'gaussian', got {deviation!r}")
     if estimator == "exact":
         J, logits = sqrt_prob_jacobian(model, x, return_logits=True)
-        K = _scale(epsilon, scale, logits.shape[1])
-        mu = sphere_coordinates(logits, validate=False)
+        K = _scale(eps, scale, logits.shape[1])
+        mu = _mu(logits)
         A = J @ J.transpose(1, 2) - _target(mu, K)
         sq = (A * A).sum((1, 2))
         if deviation == "gaussian":
@@ -260,20 +207,21 @@ def _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, pr
                                  "the Gaussian fourth-moment identity)")
         mu, u, logits = _jvp_probes(model, x, num_probes, probe, generator)
         _check_logits(logits, x.shape[0])
-        K = _scale(epsilon, scale, logits.shape[1])
+        K = _scale(eps, scale, logits.shape[1])
         sq = _u_statistic(mu, u, K) if deviation == "frobenius" else _gaussian_moment(mu, u, K)
     else:
-        raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
-    eps2 = float(epsilon) ** 2
+        _check_estimator(estimator)
+    eps2 = float(eps) ** 2
     if squared:
         return eps2 * eps2 * sq, logits
     return eps2 * _safe_sqrt(sq), logits
 
 
+@accepts_renamed_kwargs(_RENAMED)
 def iso_penalty(
     model: nn.Module,
     x: Tensor,
-    epsilon: float,
+    eps: float,
     scale: Optional[float] = None,
     estimator: str = "exact",
     num_probes: int = 2,
@@ -290,7 +238,8 @@ def iso_penalty(
     Args:
         model: maps ``x`` (B, ...) to logits (B, m+1); samples must not interact.
         x: inputs (B, ...); the Jacobian is taken w.r.t. all features (``n = x[0].numel()``).
-        epsilon: the budget ``ε`` (> 0), input units; sets the prefactor ``ε²`` and the default scale.
+        eps: the budget ``ε`` (> 0), a radius in input units; sets the prefactor ``ε²`` and the
+            default scale.
         scale: the length factor ``K`` (> 0).  Default ``δ_m/ε`` with Shi-Garrier et al.'s
             ``δ_m = 2 arccos(1/√(m+1))`` (:func:`liplayers.functional.geometry.delta_m`).
         estimator: ``"exact"`` (jacrev) or ``"randomized"`` (``num_probes`` JVPs).
@@ -311,13 +260,14 @@ def iso_penalty(
     Returns:
         Tensor ``(B,)``, differentiable w.r.t. the model parameters.
     """
-    return _iso(model, x, epsilon, scale, estimator, num_probes, generator, squared, probe, deviation)[0]
+    return _iso(model, x, eps, scale, estimator, num_probes, generator, squared, probe, deviation)[0]
 
 
+@accepts_renamed_kwargs(_RENAMED)
 def iso_penalty_stereographic(
     model: nn.Module,
     x: Tensor,
-    epsilon: float,
+    eps: float,
     scale: Optional[float] = None,
     *,
     printed_eq13: bool = False,
@@ -331,20 +281,13 @@ def iso_penalty_stereographic(
     equals :func:`iso_penalty` ``/ (1 − √θ_{m+1})²``.  For reproducing/testing the paper's formulation only;
     it blows up when the last class is confidently predicted.
     """
-    _check_x(x)
-    B = x.shape[0]
+    def stereographic(logits: Tensor) -> Tensor:
+        mu = _mu(logits)
+        return 2.0 * mu[:, :-1] / (2.0 - mu[:, -1:])
 
-    def f(z: Tensor):
-        logits = model(z)
-        mu = sphere_coordinates(logits, validate=False)
-        t = 2.0 * mu[:, :-1] / (2.0 - mu[:, -1:])
-        return t.sum(0), logits
-
-    jac, logits = jacrev(f, has_aux=True)(x)
-    _check_logits(logits, B)
+    Jt, logits = _output_jacobian(model, x, stereographic)  # (B, m, n)
     m = logits.shape[1] - 1
-    K = _scale(epsilon, scale, m + 1)
-    Jt = jac.reshape(m, B, -1).transpose(0, 1)
+    K = _scale(eps, scale, m + 1)
     p = torch.softmax(logits, dim=-1)
     last = p[:, -1]
     if printed_eq13:
@@ -353,52 +296,40 @@ def iso_penalty_stereographic(
         c = K * K / (1 - last.sqrt()) ** 2
     eye = torch.eye(m, dtype=x.dtype, device=x.device)
     D = Jt @ Jt.transpose(1, 2) - c[:, None, None] * eye
-    return float(epsilon) ** 2 * torch.linalg.matrix_norm(D)
+    return float(eps) ** 2 * torch.linalg.matrix_norm(D)
 
 
 # --------------------------------------------------------------------------- loss
-def iso_schedule(epoch: int, num_epochs: int, eta_min: float = 0.002, eta_max: float = 0.006) -> float:
-    r"""Geometric schedule of Shi-Garrier et al. 2024 (§4.2): ``η_i = η_min (η_max/η_min)^{(i−1)/(N−1)}``.
+class ISOLoss(_ScheduledISO):
+    r"""ISO's loss (Shi-Garrier et al. 2024 eq. 15): ``loss = (1 − lam)·CE(F(x), y) + lam·α(x, F)``.
 
-    ``epoch`` is **0-based** (``epoch = i − 1`` ∈ ``[0, num_epochs − 1]``); returns ``η_min`` at
-    the first epoch and ``η_max`` at the last (``η_min`` throughout if ``num_epochs == 1``).
-    Defaults are the paper's MNIST values.  Requires ``0 < η_min ≤ η_max ≤ 1``.
-    """
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive int, got {num_epochs!r}")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < num_epochs:
-        raise ValueError(f"epoch must be an int in [0, {num_epochs - 1}] (0-based), got {epoch!r}")
-    if not (0 < eta_min <= eta_max <= 1):
-        raise ValueError(f"need 0 < eta_min <= eta_max <= 1, got eta_min={eta_min}, eta_max={eta_max}")
-    if num_epochs == 1:
-        return float(eta_min)
-    return float(eta_min * (eta_max / eta_min) ** (epoch / (num_epochs - 1)))
-
-
-class ISOLoss(nn.Module):
-    r"""``(1 − η)·CE(F(x), y) + η·α(x, F)`` (Shi-Garrier et al. 2024 eq. 15) with ``η`` from :func:`iso_schedule`.
+    ``lam`` (the paper's ``η``) is fixed, or follows :func:`iso_schedule`; ``α`` is
+    :func:`iso_penalty`.
 
     Args:
-        epsilon, scale, estimator, num_probes, squared, deviation, probe: as in :func:`iso_penalty`.
-        eta: fixed ``η ∈ [0, 1]``; if ``None`` (default) ``η`` follows the geometric schedule
-            between ``eta_min`` and ``eta_max`` over ``num_epochs`` — call
-            :meth:`set_epoch` at the start of each epoch (0-based).
+        eps, scale, estimator, num_probes, squared, deviation, probe: as in :func:`iso_penalty`.
+        lam: fixed weight ``lam ∈ [0, 1]``; if ``None`` (default) ``lam`` follows the geometric
+            schedule from ``lam_min`` to ``lam_max`` over ``num_epochs`` — call :meth:`set_epoch`
+            at the start of each epoch (0-based).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         generator: :class:`torch.Generator` for the randomized probes.
 
     ``forward(model, x, y) -> loss``.  The logits for the cross-entropy come from the same
     pass as the Jacobian (no extra forward).  The last values are kept in
     ``self.last_ce`` / ``self.last_alpha`` (detached, batch means) for logging.
+
+    Shape: x (B, ...), y (B,) → scalar, or (B,) with ``reduction="none"``.
     """
 
+    @accepts_renamed_kwargs({"epsilon": "eps", "eta": "lam", "eta_min": "lam_min", "eta_max": "lam_max"})
     def __init__(
         self,
-        epsilon: float,
+        eps: float,
         scale: Optional[float] = None,
         *,
-        eta: Optional[float] = None,
-        eta_min: float = 0.002,
-        eta_max: float = 0.006,
+        lam: Optional[float] = None,
+        lam_min: float = 0.002,
+        lam_max: float = 0.006,
         num_epochs: int = 30,
         estimator: str = "exact",
         num_probes: int = 2,
@@ -408,47 +339,13 @@ class ISOLoss(nn.Module):
         reduction: str = "mean",
         generator: Optional[torch.Generator] = None,
     ):
-        super().__init__()
-        _check_positive("epsilon", epsilon)
-        if scale is not None:
-            _check_positive("scale", scale)
-        if estimator not in ("exact", "randomized"):
-            raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if eta is not None and not (0 <= eta <= 1):
-            raise ValueError(f"eta must lie in [0, 1], got {eta}")
-        iso_schedule(0, num_epochs, eta_min, eta_max)  # validates
-        self.epsilon, self.scale, self.estimator = float(epsilon), scale, estimator
+        super().__init__(eps, scale, lam, lam_min, lam_max, num_epochs, estimator, reduction)
         if deviation not in ("frobenius", "gaussian"):
             raise ValueError(f"deviation must be 'frobenius' or 'gaussian', got {deviation!r}")
         self.num_probes, self.squared, self.probe, self.deviation = num_probes, squared, probe, deviation
-        self.eta_fixed, self.eta_min, self.eta_max, self.num_epochs = eta, eta_min, eta_max, num_epochs
-        self.reduction, self.generator = reduction, generator
-        self.epoch = 0
-        self.last_ce: Optional[Tensor] = None
-        self.last_alpha: Optional[Tensor] = None
-
-    @property
-    def eta(self) -> float:
-        if self.eta_fixed is not None:
-            return float(self.eta_fixed)
-        return iso_schedule(self.epoch, self.num_epochs, self.eta_min, self.eta_max)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the (0-based) epoch that drives the η schedule."""
-        iso_schedule(epoch, self.num_epochs, self.eta_min, self.eta_max)
-        self.epoch = epoch
+        self.generator = generator
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        alpha, logits = _iso(model, x, self.epsilon, self.scale, self.estimator, self.num_probes,
+        alpha, logits = _iso(model, x, self.eps, self.scale, self.estimator, self.num_probes,
                              self.generator, self.squared, self.probe, self.deviation)
-        ce = F.cross_entropy(logits, y, reduction="none")
-        eta = self.eta
-        loss = (1 - eta) * ce + eta * alpha
-        self.last_ce, self.last_alpha = ce.detach().mean(), alpha.detach().mean()
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        return self._combine(F.cross_entropy(logits, y, reduction="none"), alpha)

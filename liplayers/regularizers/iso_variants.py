@@ -74,7 +74,10 @@ from torch import Tensor, nn
 from torch.func import jacrev, jvp, vjp, vmap
 
 from ..functional import random as _rng
-from .iso import _check_int, _check_logits, _check_positive, _check_x, _safe_sqrt, iso_schedule
+from ..losses._common import _check_reduction, _reduce
+from ..utils import accepts_renamed_kwargs
+from ._iso_common import (_check_estimator, _check_int, _check_logits, _check_positive, _check_x, _gram_terms,
+                          _jvp_probes, _output_jacobian, _safe_sqrt, _ScheduledISO)
 
 __all__ = [
     "euclidean_delta",
@@ -112,23 +115,14 @@ def _check_output(output: str) -> str:
 
 def euclidean_output_jacobian(model: nn.Module, x: Tensor, output: str = "probs", *, return_logits: bool = False):
     """Exact ``J_φ = ∂φ/∂x`` per sample, ``(B, C, n)``, ``φ`` = probabilities or centred logits."""
-    _check_x(x)
     _check_output(output)
-    B = x.shape[0]
-
-    def f(z: Tensor):
-        logits = model(z)
-        return _phi(logits, output).sum(0), logits
-
-    jac, logits = jacrev(f, has_aux=True)(x)
-    _check_logits(logits, B)
-    J = jac.reshape(jac.shape[0], B, -1).transpose(0, 1)
+    J, logits = _output_jacobian(model, x, lambda lg: _phi(lg, output))
     return (J, logits) if return_logits else J
 
 
-def _euclid(model, x, epsilon, scale, output, estimator, num_probes, generator, squared, probe):
+def _euclid(model, x, eps, scale, output, estimator, num_probes, generator, squared, probe):
     _check_x(x)
-    eps = _check_positive("epsilon", epsilon)
+    eps = _check_positive("eps", eps)
     _check_output(output)
     if scale is not None:
         _check_positive("scale", scale)
@@ -141,31 +135,22 @@ def _euclid(model, x, epsilon, scale, output, estimator, num_probes, generator, 
         sq = (A * A).sum((1, 2))
     elif estimator == "randomized":
         k = _check_int("num_probes (the unbiased U-statistic needs two independent probes)", num_probes, 2)
-        V = _rng.probes(x.shape, k, probe, generator, x.dtype, x.device)
-
-        def one(v: Tensor):
-            def g(z):
-                lg = model(z)
-                return _phi(lg, output), lg
-            return jvp(g, (x,), (v,), has_aux=True)
-
-        _, u, logits = vmap(one, out_dims=(None, 0, None))(V)
+        _, u, logits = _jvp_probes(model, x, k, probe, generator, lambda lg: _phi(lg, output))
         _check_logits(logits, x.shape[0])
         C = logits.shape[1]
         K = scale if scale is not None else euclidean_delta(C, output) / eps
         u = u.reshape(k, x.shape[0], C)
-        G = torch.einsum("ibc,jbc->bij", u, u)
-        diag = torch.diagonal(G, dim1=1, dim2=2)
-        mean_off = (G.pow(2).sum((1, 2)) - diag.pow(2).sum(1)) / (k * (k - 1))
+        mean_off, diag = _gram_terms(u)
         uCu = K * K * (diag - u.sum(-1).transpose(0, 1).pow(2) / C)  # u^T (K^2 P) u
         sq = mean_off - (2.0 / k) * uCu.sum(1) + K ** 4 * (C - 1)
     else:
-        raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
+        _check_estimator(estimator)
     e2 = eps * eps
     return (e2 * e2 * sq if squared else e2 * _safe_sqrt(sq)), logits
 
 
-def euclidean_iso_penalty(model: nn.Module, x: Tensor, epsilon: float, scale: Optional[float] = None,
+@accepts_renamed_kwargs({"epsilon": "eps"})
+def euclidean_iso_penalty(model: nn.Module, x: Tensor, eps: float, scale: Optional[float] = None,
                           output: str = "probs", estimator: str = "exact", num_probes: int = 2,
                           generator: Optional[torch.Generator] = None, *, squared: bool = False,
                           probe: str = "rademacher") -> Tensor:
@@ -174,7 +159,7 @@ def euclidean_iso_penalty(model: nn.Module, x: Tensor, epsilon: float, scale: Op
     Args:
         model: ``x (B, ...) → logits (B, C)``; samples must not interact.
         x: inputs; the Jacobian is taken w.r.t. all ``n = x[0].numel()`` features.
-        epsilon: ``ε > 0``; prefactor ``ε²`` and default ``K = δ/ε``.
+        eps: ``ε > 0``, a radius in input units; prefactor ``ε²`` and default ``K = δ/ε``.
         scale: ``K > 0`` (default ``δ/ε`` with :func:`euclidean_delta`).
         output: ``"probs"`` (softmax probabilities) or ``"logits"`` (centred logits).
         estimator, num_probes, generator, squared, probe: as in
@@ -185,72 +170,34 @@ def euclidean_iso_penalty(model: nn.Module, x: Tensor, epsilon: float, scale: Op
 
     Shape: x (B, ...) → (B,).
     """
-    return _euclid(model, x, epsilon, scale, output, estimator, num_probes, generator, squared, probe)[0]
-
-
-class _ScheduledISO(nn.Module):
-    """``(1 − η)·CE + η·penalty`` with ISO's geometric η schedule (:func:`iso_schedule`)."""
-
-    def __init__(self, eta, eta_min, eta_max, num_epochs, reduction):
-        super().__init__()
-        if eta is not None and not (0 <= eta <= 1):
-            raise ValueError(f"eta must lie in [0, 1], got {eta}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        iso_schedule(0, num_epochs, eta_min, eta_max)
-        self.eta_fixed, self.eta_min, self.eta_max, self.num_epochs = eta, eta_min, eta_max, num_epochs
-        self.reduction, self.epoch = reduction, 0
-        self.last_ce: Optional[Tensor] = None
-        self.last_alpha: Optional[Tensor] = None
-
-    @property
-    def eta(self) -> float:
-        if self.eta_fixed is not None:
-            return float(self.eta_fixed)
-        return iso_schedule(self.epoch, self.num_epochs, self.eta_min, self.eta_max)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the (0-based) epoch that drives the η schedule."""
-        iso_schedule(epoch, self.num_epochs, self.eta_min, self.eta_max)
-        self.epoch = epoch
-
-    def _combine(self, ce: Tensor, pen: Tensor, eta: float) -> Tensor:
-        loss = (1 - eta) * ce + eta * pen
-        self.last_ce, self.last_alpha = ce.detach().mean(), pen.detach().mean()
-        if self.reduction == "mean":
-            return loss.mean()
-        return loss.sum() if self.reduction == "sum" else loss
+    return _euclid(model, x, eps, scale, output, estimator, num_probes, generator, squared, probe)[0]
 
 
 class EuclideanISOLoss(_ScheduledISO):
-    r"""``(1 − η)·CE(f(x), y) + η·α_E(x)`` — ISO's eq. 15 with the Euclidean output metric.
+    r"""ISO's eq. 15 with the Euclidean output metric: ``loss = (1 − lam)·CE(f(x), y) + lam·α_E(x)``.
 
-    Args: ``epsilon``, ``scale``, ``output``, ``estimator``, ``num_probes``, ``squared``, ``probe``,
-    ``generator`` as in :func:`euclidean_iso_penalty`; ``eta``, ``eta_min``, ``eta_max``,
-    ``num_epochs``, ``reduction`` as in :class:`liplayers.regularizers.ISOLoss` (call
-    :meth:`set_epoch` each epoch for the schedule). ``forward(model, x, y) -> loss``.
+    Args: ``eps``, ``scale``, ``output``, ``estimator``, ``num_probes``, ``squared``, ``probe``,
+    ``generator`` as in :func:`euclidean_iso_penalty`; ``lam``, ``lam_min``, ``lam_max``,
+    ``num_epochs``, ``reduction`` as in :class:`liplayers.regularizers.ISOLoss` (a fixed ``lam``,
+    or call :meth:`set_epoch` each epoch for the schedule). ``forward(model, x, y) -> loss``.
 
     Shape: x (B, ...), y (B,) → scalar, or (B,) with ``reduction="none"``.
     """
 
-    def __init__(self, epsilon: float, scale: Optional[float] = None, *, output: str = "probs",
-                 eta: Optional[float] = None, eta_min: float = 0.002, eta_max: float = 0.006, num_epochs: int = 30,
+    @accepts_renamed_kwargs({"epsilon": "eps", "eta": "lam", "eta_min": "lam_min", "eta_max": "lam_max"})
+    def __init__(self, eps: float, scale: Optional[float] = None, *, output: str = "probs",
+                 lam: Optional[float] = None, lam_min: float = 0.002, lam_max: float = 0.006, num_epochs: int = 30,
                  estimator: str = "exact", num_probes: int = 2, squared: bool = False, probe: str = "rademacher",
                  reduction: str = "mean", generator: Optional[torch.Generator] = None):
-        super().__init__(eta, eta_min, eta_max, num_epochs, reduction)
-        _check_positive("epsilon", epsilon)
-        if scale is not None:
-            _check_positive("scale", scale)
-        if estimator not in ("exact", "randomized"):
-            raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
-        self.epsilon, self.scale, self.output = float(epsilon), scale, _check_output(output)
-        self.estimator, self.num_probes, self.squared, self.probe = estimator, num_probes, squared, probe
+        super().__init__(eps, scale, lam, lam_min, lam_max, num_epochs, estimator, reduction)
+        self.output = _check_output(output)
+        self.num_probes, self.squared, self.probe = num_probes, squared, probe
         self.generator = generator
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        pen, logits = _euclid(model, x, self.epsilon, self.scale, self.output, self.estimator, self.num_probes,
+        pen, logits = _euclid(model, x, self.eps, self.scale, self.output, self.estimator, self.num_probes,
                               self.generator, self.squared, self.probe)
-        return self._combine(F.cross_entropy(logits, y, reduction="none"), pen, self.eta)
+        return self._combine(F.cross_entropy(logits, y, reduction="none"), pen)
 
 
 # --------------------------------------------------------------------------- layer-wise
@@ -342,9 +289,7 @@ def layerwise_iso_penalty(model: Union[nn.Sequential, Sequence[nn.Module]], x: T
     blocks = layer_blocks(model) if isinstance(model, nn.Module) else list(model)
     if not blocks or not all(isinstance(b, nn.Module) for b in blocks):
         raise ValueError("model must be an nn.Sequential or a non-empty sequence of nn.Module blocks")
-    if estimator not in ("exact", "randomized"):
-        raise ValueError(f"estimator must be 'exact' or 'randomized', got {estimator!r}")
-    if estimator == "randomized":
+    if _check_estimator(estimator) == "randomized":
         _check_int("num_probes", num_probes, 1)
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
@@ -362,10 +307,10 @@ def layerwise_iso_penalty(model: Union[nn.Sequential, Sequence[nn.Module]], x: T
 
 
 class LayerwiseISOLoss(nn.Module):
-    r"""``CE(f(x), y) + λ·Σ_ℓ β_ℓ(x)`` with the layer-wise ISO penalty (:func:`layerwise_iso_penalty`).
+    r"""``loss = CE(f(x), y) + lam·Σ_ℓ β_ℓ(x)`` with the layer-wise ISO penalty (:func:`layerwise_iso_penalty`).
 
     Args:
-        lam: ``λ ≥ 0``.
+        lam: weight ``lam ≥ 0`` of the penalty.
         scales, skip_last, estimator, num_probes, probe, normalize, generator: as in
             :func:`layerwise_iso_penalty`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
@@ -381,11 +326,10 @@ class LayerwiseISOLoss(nn.Module):
         super().__init__()
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (lam >= 0) or not math.isfinite(lam):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = _check_reduction(reduction)
         self.lam, self.scales, self.skip_last, self.estimator = float(lam), scales, skip_last, estimator
         self.num_probes, self.probe, self.normalize = num_probes, probe, normalize
-        self.reduction, self.generator = reduction, generator
+        self.generator = generator
         self.last_ce: Optional[Tensor] = None
         self.last_alpha: Optional[Tensor] = None
 
@@ -394,8 +338,5 @@ class LayerwiseISOLoss(nn.Module):
                                             estimator=self.estimator, num_probes=self.num_probes, probe=self.probe,
                                             normalize=self.normalize, generator=self.generator, return_logits=True)
         ce = F.cross_entropy(logits, y, reduction="none")
-        loss = ce + self.lam * pen
         self.last_ce, self.last_alpha = ce.detach().mean(), pen.detach().mean()
-        if self.reduction == "mean":
-            return loss.mean()
-        return loss.sum() if self.reduction == "sum" else loss
+        return _reduce(ce + self.lam * pen, self.reduction)

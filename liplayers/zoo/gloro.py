@@ -36,6 +36,13 @@ _FITTING = """
 
 _SIZE = """input_size: H = W of the images (divisible by 4)."""
 
+_OUTPUT = """Shape:
+        - Input: (B, in_channels, input_size, input_size)
+        - Output: (B, num_classes)
+
+    Returns:
+        :class:`~liplayers.nn.container.Sequential` (flat) with ``lipschitz_bound(input_shape)``."""
+
 
 def _build(convs: Sequence[Tuple[int, int, int]], hidden: Sequence[int], conv, dense, activation, in_channels,
            num_classes, input_size, last_layer_normalized, width, arch: str) -> Sequential:
@@ -59,7 +66,7 @@ def _build(convs: Sequence[Tuple[int, int, int]], hidden: Sequence[int], conv, d
     return Sequential(*layers)
 
 
-@fill_doc(fitting=_FITTING, args=COMMON_ARGS, size=_SIZE)
+@fill_doc(fitting=_FITTING, args=COMMON_ARGS, size=_SIZE, output=_OUTPUT)
 def gloro_4c3f(conv="bcop", dense="bjorck", activation=None, in_channels: int = 1, num_classes: int = 10,
                input_size: int = 28, last_layer_normalized: bool = False, width: float = 1.0) -> Sequential:
     r"""GloRo's 4C3F: four convolutions, three dense layers (Leino et al., ICML 2021; MNIST).
@@ -75,18 +82,13 @@ def gloro_4c3f(conv="bcop", dense="bjorck", activation=None, in_channels: int = 
     {args}
         {size}
 
-    Shape:
-        - Input: (B, in_channels, input_size, input_size)
-        - Output: (B, num_classes)
-
-    Returns:
-        :class:`~liplayers.nn.container.Sequential` (flat) with ``lipschitz_bound(input_shape)``.
+    {output}
     """
     return _build(((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)), (512, 512), conv, dense, activation,
                   in_channels, num_classes, input_size, last_layer_normalized, width, "gloro_4c3f")
 
 
-@fill_doc(fitting=_FITTING, args=COMMON_ARGS, size=_SIZE)
+@fill_doc(fitting=_FITTING, args=COMMON_ARGS, size=_SIZE, output=_OUTPUT)
 def gloro_6c2f(conv="bcop", dense="bjorck", activation=None, in_channels: int = 3, num_classes: int = 10,
                input_size: int = 32, last_layer_normalized: bool = False, width: float = 1.0) -> Sequential:
     r"""GloRo's 6C2F: six convolutions, two dense layers (Leino et al., ICML 2021; CIFAR-10).
@@ -102,12 +104,7 @@ def gloro_6c2f(conv="bcop", dense="bjorck", activation=None, in_channels: int = 
     {args}
         {size}
 
-    Shape:
-        - Input: (B, in_channels, input_size, input_size)
-        - Output: (B, num_classes)
-
-    Returns:
-        :class:`~liplayers.nn.container.Sequential` (flat) with ``lipschitz_bound(input_shape)``.
+    {output}
     """
     return _build(((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2)), (512,), conv, dense,
                   activation, in_channels, num_classes, input_size, last_layer_normalized, width, "gloro_6c2f")

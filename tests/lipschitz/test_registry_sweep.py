@@ -11,6 +11,8 @@ runs the same sweep with many more draws and reports the counts.
 from __future__ import annotations
 
 import collections
+import os
+import sys
 
 import pytest
 import torch
@@ -20,8 +22,9 @@ import liplayers as L
 from liplayers.lipschitz import L2_BOUNDS, LINF_BOUNDS
 from liplayers.lipschitz import torch_activations as ta
 
-from sweep_check import check
-from sweep_strategies import ours, strategy_for
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sweep's shared strategy modules
+from sweep_check import check  # noqa: E402
+from sweep_strategies import ours, strategy_for  # noqa: E402
 
 TORCH_TYPES = sorted(set(L2_BOUNDS.bounds) | set(LINF_BOUNDS.bounds), key=lambda t: t.__name__)
 TORCH_TYPES = [t for t in TORCH_TYPES if t.__module__.startswith("torch.")]

@@ -88,7 +88,7 @@ def test_gloro_hand_values():
     # global constant √2·L with L = 1.5: f_⊥ = 1 + 0.3·√2·1.5
     assert gloro_logits(F0, 1.5, 0.3)[0, 3].item() == pytest.approx(1.6363961030678928, abs=1e-12)
     # TRADES form, λ = 2: CE(f, 0) + 2·softplus(f_⊥ − logsumexp f)
-    assert GloRoLoss(0.3, trades=2.0)(F0, Y0, 1.0, W3).item() == pytest.approx(1.0696347881690869, abs=1e-12)
+    assert GloRoLoss(0.3, lam=2.0)(F0, Y0, 1.0, W3).item() == pytest.approx(1.0696347881690869, abs=1e-12)
     # ε = 0: f_⊥ = second largest logit; GloRo CE = CE on the C+1 logits [2, 1, .5, 1]
     assert GloRoLoss(0.0)(F0, Y0, 1.0).item() == pytest.approx(
         math.log(math.exp(2) + 2 * math.exp(1) + math.exp(0.5)) - 2, abs=1e-12)
@@ -101,7 +101,7 @@ def test_gloro_trades_kl_identity():
     p = torch.cat([f.softmax(1), torch.zeros(7, 1, dtype=D)], 1)
     log_q = z.log_softmax(1)
     kl = (p[:, :4] * (p[:, :4].log() - log_q[:, :4])).sum(1)  # KL([p, 0] ‖ q)
-    got = GloRoLoss(0.2, trades=1.0, reduction="none")(f, y, 1.0)
+    got = GloRoLoss(0.2, lam=1.0, reduction="none")(f, y, 1.0)
     assert torch.allclose(got, F.cross_entropy(f, y, reduction="none") + kl, atol=1e-12)
 
 
@@ -205,7 +205,7 @@ def test_gloro_bad_inputs():
     with pytest.raises(ValueError):
         GloRoLoss(-0.1)
     with pytest.raises(ValueError):
-        GloRoLoss(0.1, trades=-1.0)
+        GloRoLoss(0.1, lam=-1.0)
     with pytest.raises(ValueError):
         GloRoLoss(0.1, anchor="label")
     with pytest.raises(ValueError):
@@ -379,7 +379,7 @@ def _all_losses():
     return [
         ("offset", lambda r: OffsetCrossEntropyLoss(reduction=r), ()),
         ("gloro", lambda r: GloRoLoss(0.2, reduction=r), (1.0,)),
-        ("gloro_trades", lambda r: GloRoLoss(0.2, trades=1.0, reduction=r), (1.0, W3)),
+        ("gloro_trades", lambda r: GloRoLoss(0.2, lam=1.0, reduction=r), (1.0, W3)),
         ("cr", lambda r: CertificateRegularizedLoss(0.5, reduction=r), (1.0,)),
         ("emma", lambda r: EMMALoss(0.2, reduction=r), (1.0, W3)),
         ("la", lambda r: LogitAnnealingLoss(eps=0.2, reduction=r), (1.0,)),

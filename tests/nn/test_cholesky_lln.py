@@ -159,7 +159,7 @@ def test_linear_residual_train_eval_state_dict_and_input_size():
 
 @pytest.mark.parametrize("kwargs", [dict(out_channels=5), dict(kernel_size=2), dict(stride=2), dict(groups=2),
                                     dict(padding=0), dict(padding_mode="reflect"), dict(normalize="spectral"),
-                                    dict(power_iterations=0), dict(dilation=2)])
+                                    dict(n_power_iterations=0), dict(dilation=2)])
 def test_linear_residual_rejects_bad_arguments(kwargs):
     args = dict(in_channels=4, out_channels=4, kernel_size=3)
     args.update(kwargs)

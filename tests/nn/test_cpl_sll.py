@@ -66,7 +66,7 @@ def test_cpl_normalizer_never_underestimates():
         layer.weight.copy_(w)
         layer.bias.fill_(10.0)  # every ReLU active: the worst case
         layer.u.copy_(torch.tensor([1.0, 0.0]))
-    sigma_pi, _, _ = power_iteration(w, torch.tensor([1.0, 0.0], dtype=F64), iterations=50)
+    sigma_pi, _, _ = power_iteration(w, torch.tensor([1.0, 0.0], dtype=F64), n_power_iterations=50)
     assert float(sigma_pi) == pytest.approx(1.0)  # the trap
     assert layer.normalizer() >= 3.0
     x = torch.zeros(2, dtype=F64)
@@ -211,3 +211,20 @@ def test_eval_caches_the_normalizer(monkeypatch):
 def test_bad_arguments_raise_value_error(make):
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: CPLLinear(4, bias=False, dtype=F64), (3, 4)),
+    (lambda: SLLLinear(4, bias=False, dtype=F64), (3, 4)),
+    (lambda: CPLConv2d(3, 3, bias=False, dtype=F64), (2, 3, 5, 5)),
+    (lambda: SLLConv2d(3, bias=False, dtype=F64), (2, 3, 5, 5)),
+])
+def test_without_bias(make, shape):
+    """bias=False: no bias parameter (nn.Linear's convention), and the layer is still 1-Lipschitz."""
+    layer = make()
+    assert layer.bias is None and "bias" in layer._parameters and "bias" not in layer.state_dict()
+    x = torch.randn(shape, dtype=F64)
+    for mode in ("train", "eval"):
+        getattr(layer, mode)()
+        assert jacobian_norm(layer, x[:1]) <= 1 + 1e-9
+    assert layer.lipschitz_bound(shape[1:]) >= jacobian_norm(layer.eval(), x[:1])

@@ -181,7 +181,7 @@ def test_soc_bias_and_float64_terms():
     dict(kernel_size=2), dict(kernel_size=3, stride=2), dict(kernel_size=3, groups=2),
     dict(kernel_size=3, padding_mode="reflect"), dict(kernel_size=3, padding=0), dict(kernel_size=3, padding="valid"),
     dict(kernel_size=3, dilation=2), dict(kernel_size=3, train_terms=0), dict(kernel_size=3, tol=0.0),
-    dict(kernel_size=3, correction=-1.0), dict(kernel_size=5, grid=4), dict(kernel_size=3, power_iterations=0),
+    dict(kernel_size=3, correction=-1.0), dict(kernel_size=5, grid=4), dict(kernel_size=3, n_power_iterations=0),
 ])
 def test_soc_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):

@@ -143,13 +143,14 @@ def test_euclidean_loss_trains_and_follows_schedule():
     model = _mlp(seed=10)
     x = torch.randn(16, 6, generator=_gen(11), dtype=D64)
     y = torch.randint(0, 4, (16,), generator=_gen(12))
-    loss_fn = EuclideanISOLoss(epsilon=1.0, num_epochs=3, estimator="randomized", generator=_gen(13))
+    loss_fn = EuclideanISOLoss(eps=1.0, num_epochs=3, estimator="randomized", generator=_gen(13))
     loss_fn.set_epoch(2)
-    assert loss_fn.eta == pytest.approx(0.006)
+    assert loss_fn.lam == pytest.approx(0.006)
     loss = loss_fn(model, x, y)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert loss_fn.last_alpha is not None and loss_fn.last_ce is not None
+    # the logged batch means are the two terms the loss combines: (1 − lam)·CE + lam·α_E
+    torch.testing.assert_close(loss.detach(), (1 - 0.006) * loss_fn.last_ce + 0.006 * loss_fn.last_alpha)
 
 
 # ------------------------------------------------------------------ layer-wise

@@ -35,9 +35,9 @@ def test_gram_bound_complex_and_huge_scale():
 def test_power_iteration_is_a_lower_bound_that_converges():
     w = torch.randn(30, 20, dtype=torch.float64)
     exact = float(torch.linalg.matrix_norm(w, ord=2))
-    s1, u, _ = power_iteration(w, iterations=2)
+    s1, u, _ = power_iteration(w, n_power_iterations=2)
     assert float(s1) <= exact * (1 + 1e-12)
-    s2, _, _ = power_iteration(w, u=u, iterations=500, tol=1e-14)
+    s2, _, _ = power_iteration(w, u=u, n_power_iterations=500, tol=1e-14)
     assert abs(float(s2) - exact) < 1e-8 * exact
 
 

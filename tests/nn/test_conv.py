@@ -80,7 +80,7 @@ def test_normalized_convs_are_1_lipschitz(cls, mode, k, s, ch):
 def test_spectral_conv_power_iteration_tracks_operator_norm():
     torch.manual_seed(0)
     layer = SpectralConv2d(4, 6, 3, padding_mode="circular", input_size=(H, W), dtype=torch.float64,
-                           power_iterations=5)
+                           n_power_iterations=5)
     x = torch.randn(2, 4, H, W, dtype=torch.float64)
     layer.train()
     for _ in range(20):
@@ -96,9 +96,9 @@ def test_spectral_conv_power_iteration_tracks_operator_norm():
 
 def test_spectral_conv_input_size_from_first_forward():
     layer = SpectralConv2d(3, 5, 3, dtype=torch.float64)
-    assert layer.normalizer.input_size is None
+    assert layer.parametrization.input_size is None
     layer(torch.randn(1, 3, 6, 10, dtype=torch.float64))
-    assert layer.normalizer.input_size == (6, 10)
+    assert layer.parametrization.input_size == (6, 10)
     sv = jacobian_singular_values(layer, 3, 6, 10)
     assert sv.max() <= 1 + 1e-9
 

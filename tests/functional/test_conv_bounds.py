@@ -187,7 +187,7 @@ def test_conv2d_operator_and_power_iteration_lower_bound(mode, pad):
     op = conv2d_operator(conv.weight.detach(), conv.stride, conv.padding, conv.dilation, mode)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     assert torch.allclose(op(x), conv(x), atol=1e-12)
-    sigma, u = conv_operator_power_iteration(op, torch.randn(1, 3, 8, 8, dtype=torch.float64), iterations=200)
+    sigma, u = conv_operator_power_iteration(op, torch.randn(1, 3, 8, 8, dtype=torch.float64), n_power_iterations=200)
     exact = float(operator_singular_values(conv, (3, 8, 8)).max())
     assert float(sigma) <= exact * (1 + 1e-12)
     assert float(sigma) >= 0.99 * exact

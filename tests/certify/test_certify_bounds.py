@@ -236,7 +236,7 @@ def test_lower_bound_below_upper_bound_and_close_on_a_linear_map():
     up = lipschitz_bound(net)
     assert 0 < lo0 <= lo <= up
     # power-iteration path (outputs > max_exact_outputs) agrees with the exact path at the same points
-    lo_pow = lipschitz_lower_bound(net, x, steps=0, max_exact_outputs=1, iterations=50)
+    lo_pow = lipschitz_lower_bound(net, x, steps=0, max_exact_outputs=1, n_power_iterations=50)
     assert lo_pow == pytest.approx(lo0, rel=1e-3) and lo_pow <= up
 
 

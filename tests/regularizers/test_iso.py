@@ -130,7 +130,7 @@ def test_alpha_positive_otherwise_with_exact_value(c):
     assert float(iso_penalty(net, torch.randn(5, 6, generator=_gen(3), dtype=D64), 0.5).min()) > 1e-3
 
 
-def test_default_scale_is_delta_m_over_epsilon():
+def test_default_scale_is_delta_m_over_eps():
     net = _mlp(C=5)
     x = torch.randn(4, 6, generator=_gen(4), dtype=D64)
     eps = 0.8
@@ -171,7 +171,7 @@ def test_randomized_is_unbiased_for_the_squared_penalty(deviation, k):
     """
     net = _mlp()
     x = torch.randn(3, 6, generator=_gen(6), dtype=D64)
-    kw = dict(epsilon=0.5, scale=0.3, squared=True, deviation=deviation)
+    kw = dict(eps=0.5, scale=0.3, squared=True, deviation=deviation)
     exact = iso_penalty(net, x, **kw).detach()
     R = 4000
     draws = _draws(net, x, R, num_probes=k, generator=_gen(7), **kw)
@@ -212,7 +212,7 @@ def test_randomized_has_zero_mean_on_isometry():
     model = IsometricAt(n, C, K, seed=3)
     x = model.x0[None]
     for deviation in ("frobenius", "gaussian"):
-        draws = _draws(model, x, 2000, epsilon=1.0, scale=K, squared=True, deviation=deviation,
+        draws = _draws(model, x, 2000, eps=1.0, scale=K, squared=True, deviation=deviation,
                        generator=_gen(4))
         assert float(draws.abs().max()) > 1e-3  # single draws are not zero ...
         assert abs(float(draws.mean())) <= 5 * float(draws.std()) / math.sqrt(2000)  # ... their mean is
@@ -244,12 +244,12 @@ def test_iso_schedule():
     assert iso_schedule(29, 30, 0.002, 0.006) == pytest.approx(0.006)
     mid = iso_schedule(1, 3, 0.002, 0.008)
     assert mid == pytest.approx(0.004)  # geometric mean
-    etas = [iso_schedule(e, 10) for e in range(10)]
-    ratios = [b / a for a, b in zip(etas, etas[1:])]
+    lams = [iso_schedule(e, 10) for e in range(10)]
+    ratios = [b / a for a, b in zip(lams, lams[1:])]
     assert max(ratios) - min(ratios) < 1e-12
     assert iso_schedule(0, 1) == pytest.approx(0.002)
     for bad in [dict(epoch=30, num_epochs=30), dict(epoch=-1, num_epochs=3), dict(epoch=0, num_epochs=0),
-                dict(epoch=0, num_epochs=3, eta_min=0.0), dict(epoch=0, num_epochs=3, eta_min=0.5, eta_max=0.1)]:
+                dict(epoch=0, num_epochs=3, lam_min=0.0), dict(epoch=0, num_epochs=3, lam_min=0.5, lam_max=0.1)]:
         with pytest.raises(ValueError):
             iso_schedule(**bad)
 
@@ -262,7 +262,7 @@ def test_iso_loss_short_training_run(kw):
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 36, 3))
     x = torch.rand(8, 1, 6, 6, generator=_gen(1))
     y = torch.randint(0, 3, (8,), generator=_gen(2))
-    loss_fn = ISOLoss(epsilon=1.0, num_epochs=3, generator=_gen(3), **kw)
+    loss_fn = ISOLoss(eps=1.0, num_epochs=3, generator=_gen(3), **kw)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     before = [p.detach().clone() for p in model.parameters()]
     for epoch in range(3):
@@ -273,7 +273,7 @@ def test_iso_loss_short_training_run(kw):
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
-    assert loss_fn.eta == pytest.approx(0.006)
+    assert loss_fn.lam == pytest.approx(0.006)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
 
 
@@ -281,17 +281,17 @@ def test_iso_loss_value():
     net = _mlp()
     x = torch.randn(4, 6, generator=_gen(11), dtype=D64)
     y = torch.tensor([0, 1, 2, 3])
-    fn = ISOLoss(epsilon=0.5, eta=0.3, reduction="none")
+    fn = ISOLoss(eps=0.5, lam=0.3, reduction="none")
     ce = nn.functional.cross_entropy(net(x), y, reduction="none")
     torch.testing.assert_close(fn(net, x, y), 0.7 * ce + 0.3 * iso_penalty(net, x, 0.5))
-    fn_sum = ISOLoss(epsilon=0.5, eta=0.3, reduction="sum")
+    fn_sum = ISOLoss(eps=0.5, lam=0.3, reduction="sum")
     torch.testing.assert_close(fn_sum(net, x, y), fn(net, x, y).sum())
 
 
 def test_bad_inputs_raise():
     net = _mlp()
     x = torch.randn(2, 6, dtype=D64)
-    with pytest.raises(ValueError, match="epsilon"):
+    with pytest.raises(ValueError, match="eps"):
         iso_penalty(net, x, 0.0)
     with pytest.raises(ValueError, match="scale"):
         iso_penalty(net, x, 1.0, scale=-1.0)
