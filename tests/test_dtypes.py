@@ -169,9 +169,9 @@ def test_bfloat16_retraction_reaches_float32_accuracy_before_rounding():
     layer = L.BjorckLinear(16, 16, dtype=torch.bfloat16)
     _perturb(layer, 0.05)
     v = layer.parametrizations.weight.original
-    q = layer.orthonormalizer.orthonormalize(v.float())  # float32 path of the same algorithm
+    q = layer.parametrization.orthonormalize(v.float())  # float32 path of the same algorithm
     assert float(orthogonality_error(q)) < 2e-4
-    q16 = layer.orthonormalizer.orthonormalize(v)  # bf16 weight: float32 inside, rounded once
+    q16 = layer.parametrization.orthonormalize(v)  # bf16 weight: float32 inside, rounded once
     assert q16.dtype == torch.bfloat16
     assert float(orthogonality_error(q16)) < 4 * 2.0 ** -8 * 4  # rounding of 16 entries per row
 

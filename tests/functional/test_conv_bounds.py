@@ -61,6 +61,7 @@ CONV_CASES = [c for c in itertools.product(["zeros", "circular", "reflect", "rep
               if not (c[3] == "same" and c[2] > 1)]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel:UserWarning")  # torch, on a plain nn.Conv2d under test
 @pytest.mark.parametrize("mode,k,s,pad", CONV_CASES)
 def test_plain_conv2d_bound_is_sound(mode, k, s, pad):
     torch.manual_seed(hash((mode, k, s, str(pad))) % 1000)
