@@ -68,6 +68,16 @@ def lipschitz_bound(model: nn.Module, input_shape: Shape = None, *, allow_hooks:
     Raises:
         UnboundedModuleError: a layer has no known bound (the message names it).
         ValueError: hooks (see :func:`check_boundable`), or a non-finite bound.
+
+    Example:
+        >>> import torch, liplayers as L
+        >>> from liplayers.certify import lipschitz_bound
+        >>> _ = torch.manual_seed(0)
+        >>> net = L.Sequential(L.BjorckLinear(8, 8), L.MaxMin(), torch.nn.Linear(8, 3))
+        >>> with torch.no_grad():
+        ...     _ = net[2].weight.mul_(2.0 / torch.linalg.matrix_norm(net[2].weight, ord=2))
+        >>> round(lipschitz_bound(net), 4)  # orthogonal (1) · MaxMin (1) · a layer of norm 2
+        2.0
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

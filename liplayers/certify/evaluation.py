@@ -274,6 +274,15 @@ def certify(
     Returns:
         ``(prediction, radius)``: (B,) int64 classes and (B,) float64 radii ≥ 0 such that every
         x′ with ‖x′ − x‖ ≤ radius (in ``norm``) gets the same prediction.
+
+    Example:
+        >>> import torch, liplayers as L
+        >>> from liplayers.certify import certify
+        >>> _ = torch.manual_seed(0)
+        >>> net = L.Sequential(L.BjorckLinear(4, 4), L.MaxMin(), L.BjorckLinear(4, 3))
+        >>> pred, radius = certify(net, torch.randn(5, 4))
+        >>> pred.shape, radius.dtype, bool((radius >= 0).all())
+        (torch.Size([5]), torch.float64, True)
     """
     _check_x(x)
     cert = Certifier(model, tuple(x.shape[1:]), norm=norm, lipschitz=lipschitz, last_layer=last_layer,

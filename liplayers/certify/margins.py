@@ -209,6 +209,14 @@ def certified_radius(
     Returns:
         (B,) float64 radii ≥ 0, in input units of ``norm``: every x′ with ‖x′ − x‖ ≤ r gets
         the same prediction as x.
+
+    Example:
+        >>> import torch
+        >>> from liplayers.certify import certified_radius
+        >>> logits = torch.tensor([[3.0, 1.0, 0.0]])
+        >>> r = certified_radius(logits, 1.0, rtol=0.0)  # margin 2 over √2·L
+        >>> round(float(r[0]), 4)
+        1.4142
     """
     f = _check_logits(logits).detach().to(torch.float64)
     L = _per_sample(_positive(lipschitz, "lipschitz"), f, "lipschitz")

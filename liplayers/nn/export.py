@@ -57,6 +57,16 @@ def export(model: nn.Module) -> nn.Module:
     counterpart (GroupSort family) are kept: they are built from torch operations only. No
     forward pass is needed. The input model is not modified; the result is in eval mode and
     its outputs match the original's eval-mode outputs to float rounding.
+
+    Example:
+        >>> import torch, liplayers as L
+        >>> net = L.Sequential(L.BjorckLinear(4, 4), L.MaxMin(), L.BjorckLinear(4, 2)).eval()
+        >>> plain = L.export(net)
+        >>> type(plain[0]).__name__, type(plain).__name__
+        ('Linear', 'Sequential')
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(plain(x), net(x), atol=1e-6)
+        True
     """
     with eval_mode(model):  # the modes of model and its children are restored after
         with torch.no_grad():
