@@ -172,7 +172,8 @@ def test_metrics_csv_one_row_per_epoch(digits, tmp_path):
     torch.manual_seed(0)
     hist = fit(dense_gnp(64, 10, width=16, depth=1), TauCrossEntropyLoss(), train, epochs=3, batch_size=64,
                progress=False, eval_data=test, eval_every=2, eps=(0.1, 0.5), metrics_csv=path)
-    rows = list(csv.DictReader(path.open()))
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["epoch", "loss", "clean_accuracy", "certified_accuracy@0.1", "certified_accuracy@0.5",
                              "lipschitz", "lr", "seconds"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
