@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule, linf_operator_norm
 from ..parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
+from ..utils import accepts_renamed_kwargs, renamed_attribute
 
 __all__ = ["BjorckLinear", "SpectralLinear"]
 
@@ -55,6 +56,11 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
     def linf_lipschitz_bound(self, input_shape=None) -> float:
         """∞→∞ bound: the largest row L1 norm of the weight used in eval mode."""
         return linf_operator_norm(self.eval_weight())
+
+    @property
+    def parametrization(self) -> nn.Module:
+        """The weight map of this layer (the module ``torch.nn.utils.parametrize`` applies to ``weight``)."""
+        return self.parametrizations.weight[0]
 
     def eval_weight(self) -> torch.Tensor:
         """The effective weight as used in eval mode (detached), without changing the mode."""
@@ -115,9 +121,7 @@ class BjorckLinear(_ParametrizedLinear):
             if self.bias is not None:
                 self.bias.zero_()
 
-    @property
-    def orthonormalizer(self) -> BjorckOrthonormal:
-        return self.parametrizations.weight[0]
+    orthonormalizer = renamed_attribute("orthonormalizer", "parametrization")
 
 
 class SpectralLinear(_ParametrizedLinear):
@@ -126,7 +130,7 @@ class SpectralLinear(_ParametrizedLinear):
     Drop-in for ``nn.Linear`` (subclass; a plain ``nn.Linear`` state dict loads into it).
     Shape: (*, in_features) → (*, out_features). σ is estimated by
     power iteration with a persistent vector (buffer ``parametrizations.weight.0.u``):
-    ``train_iterations`` per training forward, and in eval refined to a relative tolerance
+    ``n_power_iterations`` per training forward, and in eval refined to a relative tolerance
     once per parameter version (cached; no iteration per eval forward). ‖W‖₂ is 1 up to the
     estimate's error (≤ 1e-4 relative in practice); :meth:`lipschitz_bound` reports the exact
     norm. Unlike :class:`BjorckLinear` it does not preserve gradient norms (only the top
@@ -135,14 +139,15 @@ class SpectralLinear(_ParametrizedLinear):
     Args:
         in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
         tol, max_iterations: relative tolerance and cap of the eval-time refinement.
-        train_iterations: power iterations per training forward.
+        n_power_iterations: power iterations per training forward (``train_iterations``: deprecated).
     """
 
+    @accepts_renamed_kwargs({"train_iterations": "n_power_iterations"})
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, tol: float = 1e-10, max_iterations: int = 100, train_iterations: int = 3) -> None:
+                 *, tol: float = 1e-10, max_iterations: int = 100, n_power_iterations: int = 3) -> None:
         _check_features("SpectralLinear", in_features, out_features)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         param = SpectralNormalized(self.weight.shape, tol=tol, max_iterations=max_iterations,
-                                   train_iterations=train_iterations)
+                                   n_power_iterations=n_power_iterations)
         parametrize.register_parametrization(self, "weight", param.to(self.weight.device))
         self.register_load_state_dict_pre_hook(_load_plain_weight)
