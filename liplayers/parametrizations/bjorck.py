@@ -26,7 +26,7 @@ class BjorckOrthonormal(nn.Module):
       Euclidean gradient: training is projected gradient descent on the Stiefel manifold. A
       training step costs 2–4 products of the smaller side instead of 2×15 differentiated ones.
     * ``"differentiable"``: V is free; W = bjorck(V) with autograd through every iteration
-      (Anil et al., 2019). Slower, kept for reproducing the seed.
+      (Anil et al., 2019). Slower; the method of Anil, Lucas & Grosse (2019) as published.
 
     The number of steps adapts: each step's Gram matrix A = WᵀW gives an estimate e of
     ‖A − I‖₂ (a few power iterations on A − I from a persistent vector, times a safety factor,
