@@ -1,6 +1,7 @@
 """CayleyConv2d, BROConv2d, BROLinear: exactly orthogonal layers from per-frequency / dense transforms."""
 import pytest
 import torch
+from layer_checks import adam_steps, dense
 import torch.nn.functional as F
 from torch import nn
 
@@ -19,22 +20,6 @@ def impulse_svd(m, cin, h, w, dtype):
         e = torch.eye(n, dtype=dtype).reshape(n, cin, h, w)
         y = m(e) - m(torch.zeros(1, cin, h, w, dtype=dtype))
     return torch.linalg.svdvals(y.reshape(n, -1).to(torch.float64))
-
-
-def adam_steps(m, x, steps=5, lr=0.2):
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    m.train()
-    for _ in range(steps):
-        y = m(x)
-        loss = (y - torch.randn_like(y)).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def dense(op, c, h, w):
-    n = c * h * w
-    return op(torch.eye(n, dtype=torch.float64).reshape(n, c, h, w)).reshape(n, -1).T
 
 
 CONV = [CayleyConv2d, BROConv2d]

@@ -1,6 +1,7 @@
 """CholeskyLinear, LinearResidualConv2d, LastLayerNormalizedLinear: bounds against measured norms."""
 import pytest
 import torch
+from layer_checks import adam_steps
 import torch.nn.functional as F
 from torch import nn
 
@@ -11,17 +12,6 @@ from liplayers.parametrizations.cholesky import cholesky_orthonormal, cholesky_o
 from liplayers.parametrizations.row_normalized import row_normalized
 
 F32_ROUNDING = 32 * torch.finfo(torch.float32).eps
-
-
-def adam_steps(m, x, steps=5, lr=0.2):
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    m.train()
-    for _ in range(steps):
-        y = m(x)
-        loss = (y - torch.randn_like(y)).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 def jacobian_svd(m, x):

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from layer_checks import adam_steps as _adam_steps
 import torch.nn.functional as F
 
 from liplayers.functional.conv import circular_conv2d
@@ -29,15 +30,7 @@ def impulse_svd(m, cin, h, w, dtype):
 
 
 def adam_steps(m, cin, h, w, dtype, steps=5, lr=0.2):
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    x = torch.randn(8, cin, h, w, dtype=dtype)
-    m.train()
-    for _ in range(steps):
-        y = m(x)
-        loss = (y - torch.randn_like(y)).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _adam_steps(m, torch.randn(8, cin, h, w, dtype=dtype), steps, lr)
 
 
 def dense(op, c, h, w):
