@@ -27,10 +27,12 @@ have predicted class ``y`` keeps its class within the L2 radius
 :func:`liplayers.certify.certified_radius`).
 
 Exporter: the ``torch.export``-based exporter (``dynamo=True``; needs ``onnxscript``) when
-available, else — or when it cannot trace the model — the TorchScript-based one. Layers
-without a ``to_torch`` equivalent are exported as they run in eval mode; a model that neither
-exporter can trace (today: :class:`~liplayers.nn.CayleyConv2d` and :class:`~liplayers.nn.BROConv2d`,
-computed with complex FFTs, and :class:`~liplayers.nn.SLLConv2d`) raises with both errors.
+available, else — or when it cannot trace the model — the TorchScript-based one. The
+Fourier-domain layers (:class:`~liplayers.nn.CayleyConv2d`, :class:`~liplayers.nn.BROConv2d`,
+circular :class:`~liplayers.nn.SOCConv2d`) become convolutions with image-sized kernels for
+the given ``input_shape`` (complex FFTs have no ONNX form); layers without a ``to_torch``
+equivalent (CPL, SLL, zero-padded SOC) are exported as they run in eval mode. A model that
+neither exporter can trace raises with both errors.
 Install with ``pip install "liplayers[onnx]"``.
 """
 from __future__ import annotations
@@ -61,10 +63,11 @@ METADATA_PREFIX = "liplayers."
 _NATIVE_OPSET = 18  # the lowest opset the torch.export-based exporter writes directly
 
 
-def prepare_for_onnx(model: nn.Module) -> nn.Module:
+def prepare_for_onnx(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> nn.Module:
     """The eval-mode model as plain ``torch.nn`` modules and ONNX-exportable activations.
 
-    :func:`liplayers.nn.export`, then every GroupSort-family and Householder activation is
+    :func:`liplayers.nn.export` (with ``input_shape``, the shape of one input without the batch
+    dimension, when given: the layers whose plain equivalent depends on it are converted), then every GroupSort-family and Householder activation is
     replaced by :class:`OnnxMaxMin`, :class:`OnnxGroupSort` or :class:`OnnxHouseholder`. Use it
     to call ``torch.onnx.export`` (or another exporter) with your own options; the input model
     is not modified.
@@ -80,7 +83,7 @@ def prepare_for_onnx(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return _replace_activations(export(model)).eval()
+    return _replace_activations(export(model, input_shape)).eval()
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -255,7 +258,7 @@ def export_onnx(
         from .certify import lipschitz_bound
 
         bound = lipschitz_bound(model, shape)
-    module = prepare_for_onnx(model)
+    module = prepare_for_onnx(model, shape)
     # a batch of 2 keeps torch.export from specializing the symbolic batch size to 1
     x = _example(module, shape, 2 if dynamic_batch else batch_size)
     if dynamo is None and _has_dynamo_exporter():

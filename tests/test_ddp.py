@@ -47,6 +47,8 @@ def make_model() -> nn.Module:
         L.CayleyConv2d(4, 4, 3),
         L.BROConv2d(4, 4, 3),
         L.SOCConv2d(4, 4, 3),
+        L.LinearResidualConv2d(4, 4, 3, input_size=SHAPE[1:]),
+        L.CPLConv2d(4, 3),
         nn.Flatten(),
         L.BjorckLinear(64, 16),
         L.MaxMin(),
@@ -170,10 +172,10 @@ def test_equals_single_process_training(ddp_results, single_process, gav, bb):
     init = snapshot(make_model())
     moved = 0
     for k in ref:
-        if k == "retract_steps":
-            continue
+        if k == "retract_steps" or k.endswith("._extra_state"):
+            continue  # the Björck retraction state: bytes (float rounding differs); compared across ranks above
         torch.testing.assert_close(r0[k], ref[k], rtol=1e-9, atol=1e-10, msg=f"{k} differs from single process")
-        if k.startswith("state.") and not torch.allclose(ref[k], init[k]):
+        if k.startswith("state.") and (ref[k].shape != init[k].shape or not torch.allclose(ref[k], init[k])):
             moved += 1
     assert moved >= 8, "training must actually change the parameters for the comparison to mean something"
 

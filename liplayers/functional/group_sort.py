@@ -33,8 +33,14 @@ to 64) along an axis that is not the innermost memory axis (image channels) go t
 Batcher's odd–even merge sorting network (Batcher, 1968), in place on one buffer, one
 batched compare-exchange of two strided views per stage (3, 6, 10, 15, 21 stages for 4 …
 64); other groups, groups along a contiguous axis and tiny tensors use ``torch.sort``.
-Under ``torch.compile``, ``torch.func`` transforms, forward-mode AD and tensor subclasses
-the same maths runs as functional operations (``torch.where``), which compilers fuse.
+Under ``torch.func`` transforms, forward-mode AD and tensor subclasses the same maths runs
+as functional operations (``torch.where`` on a boolean mask). Under ``torch.compile`` MaxMin
+saves the integer sign mask and swaps gradients bitwise as in eager (functional ``view``s
+of the gradient as integers, no ``out=``): inductor's CPU code stores and computes boolean
+masks (``signbit``, comparisons written to memory) element by element, which made the
+boolean formulation ~10× slower than eager, while the integer one vectorizes (fused
+forward and backward of (64, 32, 28, 28), one thread: ~1.0 ms compiled against ~1.6 ms
+eager and ~12 ms for the boolean mask).
 
 Memory kept for backward: MaxMin half an input (the mask, of the input's width), instead of
 the whole input that autograd through ``torch.minimum`` / ``torch.maximum`` keeps; the
@@ -193,6 +199,37 @@ class _MaxMinTraceable(Function):
         return _route(g, swapped, ctx.d), None
 
 
+class _MaxMinCompiled(Function):
+    """MaxMin for ``torch.compile``: functional operations only, integer sign mask, bitwise swap.
+
+    Same values, mask and gradients (bit for bit) as :class:`_MaxMinEager`, written without
+    ``out=`` or in-place operations so that Dynamo traces it without a graph break. Requires
+    a float dtype of 2, 4 or 8 bytes (other dtypes take :class:`_MaxMinTraceable`). Not
+    differentiable twice (compiled graphs do not support double backward anyway).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, d: int) -> Tuple[Tensor, Tensor]:
+        a, b = _halves(x, d)
+        out = torch.stack((torch.minimum(a, b), torch.maximum(a, b)), d + 1).flatten(d, d + 1)
+        width = x.element_size()
+        return out, (b - a).view(_INT_OF_WIDTH[width]) >> (8 * width - 1)  # all ones where swapped
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.d = inputs[1]
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _g_mask):
+        (mask,) = ctx.saved_tensors
+        d = ctx.d
+        g0, g1 = _halves(g.view(mask.dtype), d)
+        t = (g0 ^ g1) & mask
+        return torch.stack((g0 ^ t, g1 ^ t), d + 1).flatten(d, d + 1).view(g.dtype), None
+
+
 class _MaxMinFunctional(_MaxMinTraceable):
     """The same with a forward-mode rule, for ``torch.func`` transforms and forward AD."""
 
@@ -229,7 +266,10 @@ def max_min(x: Tensor, dim: int = 1) -> Tensor:
         return _MaxMinEager.apply(x, d)
     if mode == "nograd":
         return _max_min_into(x, d)[0]
-    return (_MaxMinTraceable if mode == "compile" else _MaxMinFunctional).apply(x, d)[0]
+    if mode == "compile":
+        fast = x.is_floating_point() and x.element_size() in _INT_OF_WIDTH
+        return (_MaxMinCompiled if fast else _MaxMinTraceable).apply(x, d)[0]
+    return _MaxMinFunctional.apply(x, d)[0]
 
 
 # ---------------------------------------------------------------- sorting network (groups 4..64)

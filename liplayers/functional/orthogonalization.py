@@ -18,7 +18,7 @@ semi-orthogonal.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import math
@@ -36,6 +36,11 @@ __all__ = [
     "default_tolerance",
     "predicted_error",
     "tuned_coefficients",
+    "step_coefficients",
+    "gram_symmetric",
+    "gram_eigenvalue_bound",
+    "polar_step_gain",
+    "lanczos_extremes",
 ]
 
 _COEFFS = {3: (1.5, -0.5), 5: (15 / 8, -10 / 8, 3 / 8)}
@@ -88,6 +93,20 @@ def predicted_error(e: float, order: int = 3, tuned: bool = False) -> float:
     return worst
 
 
+def step_coefficients(order: int = 3, e: Optional[float] = None) -> tuple:
+    """Coefficients (k₀, k₁[, k₂]) of the step ``W ← W p(A)``, p(A) = k₀I + k₁A (+ k₂A²).
+
+    Order 3: (3/2, −1/2); order 5: the Taylor (15/8, −10/8, 3/8), or with ``e`` (an estimate of
+    ‖A − I‖₂) the tuned polynomial of :func:`tuned_coefficients` written in powers of A.
+    """
+    if order not in _COEFFS:
+        raise ValueError(f"order must be 3 or 5, got {order}")
+    if order == 5 and e is not None:
+        c0, c1, c2 = tuned_coefficients(e)  # in t = A − I: p = c0 + c1 t + c2 t²
+        return (c0 - c1 + c2, c1 - 2 * c2, c2)
+    return _COEFFS[order]
+
+
 def gram(w: Tensor) -> Tensor:
     """The smaller Gram matrix: WᴴW (n×n) for tall/square W (m ≥ n), WWᴴ (m×m) for wide W."""
     return w.mH @ w if w.shape[-2] >= w.shape[-1] else w @ w.mH
@@ -103,19 +122,172 @@ def bjorck_step(w: Tensor, a: Optional[Tensor] = None, order: int = 3, e: Option
         e: for order 5, an estimate of ‖A − I‖₂: use the tuned coefficients
             (:func:`tuned_coefficients`) instead of the Taylor ones.
     """
-    if order not in _COEFFS:
-        raise ValueError(f"order must be 3 or 5, got {order}")
+    coeffs = step_coefficients(order, e)
     a = gram(w) if a is None else a
-    if order == 5 and e is not None:
-        c0, c1, c2 = tuned_coefficients(e)  # in t = A − I: p = c0 + c1 t + c2 t²
-        coeffs = (c0 - c1 + c2, c1 - 2 * c2, c2)  # the same polynomial in A
-    else:
-        coeffs = _COEFFS[order]
     p = coeffs[1] * a
     if order == 5:
         p = p + coeffs[2] * (a @ a)
     p.diagonal(dim1=-2, dim2=-1).add_(coeffs[0])
     return w @ p if w.shape[-2] >= w.shape[-1] else p @ w
+
+
+def gram_symmetric(w: Tensor) -> Tensor:
+    """:func:`gram` of a 2-D ``w`` from three block products instead of one full product.
+
+    With the rows (wide ``w``) or columns (tall ``w``) split in two halves, the Gram matrix
+    is [[G₁₁, G₁₂], [G₁₂ᴴ, G₂₂]]: three products of half the size, 3/4 of the multiply-adds
+    (about 20% faster for sides ≥ 256 on one CPU thread), and the result is exactly
+    Hermitian (a full product is so only up to rounding). Smaller sides use :func:`gram`.
+    """
+    x = w.mH if w.shape[-2] >= w.shape[-1] else w  # rows of x: the smaller side
+    n = x.shape[-2]
+    if w.dim() != 2 or n < 256:
+        return gram(w)
+    h = n // 2
+    x1, x2 = x[:h], x[h:]
+    g12 = x1 @ x2.mH
+    return torch.cat((torch.cat((x1 @ x1.mH, g12), 1), torch.cat((g12.mH, x2 @ x2.mH), 1)), 0)
+
+
+def lanczos_extremes(s: Tensor, steps: int = 12) -> Tuple[float, float]:
+    """Estimates (θ_min, θ_max) of the extreme eigenvalues of the symmetric matrix ``s`` (n×n).
+
+    Lanczos in float64 with full reorthogonalization from a fixed start vector (deterministic):
+    the Ritz values lie inside the spectrum, so θ_max ≤ λ_max and θ_min ≥ λ_min; after 12 steps
+    they are within a few percent of the spectral width for the Gram matrices of nearly
+    orthonormal weights (against ~10–20% for as many power iterations), at the cost of 12
+    matrix–vector products.
+    """
+    s = s.detach().to(torch.float64)
+    n = s.shape[0]
+    g = torch.Generator(device="cpu").manual_seed(n)
+    q = torch.randn(n, generator=g, dtype=s.dtype).to(s.device)
+    q = q / q.norm()
+    basis = torch.empty(min(steps, n), n, dtype=s.dtype, device=s.device)
+    alphas, betas = [], []
+    for j in range(basis.shape[0]):
+        basis[j] = q
+        w = s @ q
+        alphas.append(float(q @ w))
+        w = w - basis[: j + 1].mT @ (basis[: j + 1] @ w)  # full reorthogonalization (twice is enough)
+        w = w - basis[: j + 1].mT @ (basis[: j + 1] @ w)
+        beta = float(w.norm())
+        if not beta > 1e-12 * max(1.0, abs(alphas[-1])):
+            break
+        betas.append(beta)
+        q = w / beta
+    m = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(t)
+    return float(ritz[0]), float(ritz[-1])
+
+
+def _cholesky(m: Tensor, leaf: int = 256, factor: bool = True):
+    """Lower Cholesky factor of the symmetric ``m`` (``factor=False``: True), or None when a
+    pivot is not positive.
+
+    Blocked (leading block and Schur complement M₂₂ − L₂₁L₂₁ᵀ factorized recursively, L₂₁ from
+    a triangular solve): the same inner products as the unblocked algorithm in another order;
+    on one CPU thread faster than a single LAPACK call for n ≥ 512.
+    """
+    n = m.shape[0]
+    if n <= leaf:
+        lower, info = torch.linalg.cholesky_ex(m)
+        return None if int(info) != 0 else (lower if factor else True)
+    h = n // 2
+    l11 = _cholesky(m[:h, :h], leaf)
+    if l11 is None:
+        return None
+    l21 = torch.linalg.solve_triangular(l11, m[:h, h:], upper=False).mT
+    l22 = _cholesky(m[h:, h:] - l21 @ l21.mT, leaf, factor)
+    if l22 is None or not factor:
+        return l22
+    return torch.cat((torch.cat((l11, torch.zeros_like(l21.mT)), 1), torch.cat((l21, l22), 1)), 0)
+
+
+def gram_eigenvalue_bound(a: Tensor, extremes: Optional[Tuple[float, float]] = None) -> float:
+    r"""Guaranteed upper bound of the largest eigenvalue of the symmetric matrix ``a`` (n×n).
+
+    A candidate c = 1 + μ is proved by factorizing M = cI − A by Cholesky (float32 for a
+    float32 ``a``, float64 otherwise): if the factorization runs to completion, M + E = RᵀR ⪰ 0
+    with a backward error ‖E‖₂ ≤ γ/(1 − γ)·tr(M), γ = (n + 1)u (Demmel 1989; Higham 2002,
+    Thm. 10.5; taken twice as large here, for the blocked order of the operations), so
+    λ_max(A) ≤ c + γ/(1 − γ)·tr(M) + (the rounding of forming M); the returned value includes
+    both terms (for c − 1 ≈ 0.1 and n = 512 in float32 they add ≈ 3e-3).
+    μ is the top Ritz value θ_max of A − I after 12 Lanczos steps plus 2% of the Ritz width
+    θ_max − θ_min (``extremes`` = (θ_min, θ_max) if already computed by
+    :func:`lanczos_extremes`); when the factorization fails the margin grows to 25% and 100%
+    of the width, and the unconditional bound 1 + ‖A − I‖_F is returned last. Soundness never
+    depends on the estimate. Cost: one n³/3 Cholesky (about one n×n×n product on one CPU
+    thread: ~2 ms for n = 512) and 12 matrix–vector products, against n²·m for the Gram matrix
+    of an n×m weight. The bound is for ``a`` as given: the rounding made when forming a Gram
+    matrix is not included.
+    """
+    if a.dim() != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {tuple(a.shape)}")
+    with torch.no_grad():
+        dtype = torch.float32 if a.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float64
+        x = a.detach().to(dtype)
+        n = x.shape[0]
+        u = torch.finfo(dtype).eps / 2
+        gamma = 2 * (n + 1) * u / (1.0 - 2 * (n + 1) * u)  # twice the textbook γ: blocked order
+        diag_max = float(x.diagonal().abs().max())
+        if not math.isfinite(diag_max):
+            raise ValueError("gram_eigenvalue_bound: the matrix has non-finite entries")
+        if extremes is None:
+            s = x.to(torch.float64, copy=True)
+            s.diagonal().sub_(1.0)
+            extremes = lanczos_extremes(s)
+        lo, hi = float(extremes[0]), float(extremes[1])
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            lo, hi = 0.0, 0.0
+        width = max(hi - lo, 8.0 * n * u)
+        for margin in (0.02, 0.25, 1.0):
+            c = 1.0 + hi + margin * width
+            m = x.neg()
+            m.diagonal().add_(c)  # cI − A (the diagonal rounded once: covered by the last term)
+            if _cholesky(m, factor=False):
+                trace = float(m.diagonal().sum())
+                return c + gamma / (1.0 - gamma) * max(trace, 0.0) + 4.0 * u * (c + diag_max)
+        s = x.to(torch.float64, copy=True)
+        s.diagonal().sub_(1.0)
+        fro = float(torch.linalg.matrix_norm(s))
+        return (1.0 + fro) * (1.0 + 4.0 * n * 2.0 ** -53)
+
+
+def polar_step_gain(coefficients: Sequence[float], lam_max: float) -> float:
+    r"""max over x ∈ [0, λ] of √x·|p(x)|, p(x) = k₀ + k₁x + k₂x²: a bound of ‖W p(A)‖₂ when A = WᵀW ⪯ λI.
+
+    The singular values of W p(A) are s·|p(s²)| for the singular values s of W, so this is a
+    guaranteed bound of the norm after one step of :func:`bjorck_step` (in exact
+    arithmetic). g(x) = x·p(x)² has g'(x) = p(x)(k₀ + 3k₁x + 5k₂x²), so its maximum on
+    [0, λ] is at λ or at a root of that quadratic: evaluated exactly, in closed form. For a
+    Björck step (3/2, −1/2) and λ ≤ 4 the result is 1 (at x = 1): a Björck step never
+    makes a singular value of a matrix with ‖W‖₂ ≤ 2 exceed 1.
+    """
+    k = [float(c) for c in coefficients] + [0.0] * (3 - len(coefficients))
+    k0, k1, k2 = k[:3]
+    lam = float(lam_max)
+    if not lam >= 0.0:
+        raise ValueError(f"lam_max must be >= 0, got {lam_max}")
+    candidates = [lam]
+    qa, qb, qc = 5.0 * k2, 3.0 * k1, k0  # roots of qa x² + qb x + qc
+    if qa == 0.0:
+        if qb != 0.0:
+            candidates.append(-qc / qb)
+    else:
+        disc = qb * qb - 4.0 * qa * qc
+        if disc >= 0.0:
+            r = math.sqrt(disc)
+            candidates += [(-qb - r) / (2.0 * qa), (-qb + r) / (2.0 * qa)]
+    best = 0.0
+    for x in candidates:
+        if 0.0 <= x <= lam:
+            best = max(best, x * (k0 + k1 * x + k2 * x * x) ** 2)
+    return math.sqrt(best) * (1.0 + 1e-12)
 
 
 def orthogonality_error(w: Tensor) -> Tensor:

@@ -92,8 +92,8 @@ class BROConv2d(_FourierConv2d):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, H, W)
 
-    No :meth:`to_torch`: the map is a circular convolution with an H×W kernel that depends on
-    the input size, not a small-kernel ``nn.Conv2d``.
+    :meth:`to_torch` (``input_shape`` required) returns the equivalent ``nn.Conv2d`` for one input
+    size: an H×W kernel with circular padding (a (2H − 1)×(2W − 1) kernel with zero padding).
 
     Lai et al., "Enhancing Certified Robustness via Block Reflector Orthogonal Layers and
     Logit Annealing Loss", ICML 2025.

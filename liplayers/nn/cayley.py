@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional.skew import cayley, fft_symbol, spectral_conv2d
-from ..lipschitz import LipschitzModule
+from ..lipschitz import InputShapeRequiredError, LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ..utils import accepts_renamed_kwargs
 from ._conv_common import _kaiming_reset
@@ -124,9 +124,78 @@ class _FourierConv2d(LipschitzModule):
         q = self.eval_symbol(self._grid(shape[-2:])).to(torch.complex128)
         return float(torch.linalg.matrix_norm(q, ord=2).max()) * (1.0 + 1e-9)
 
+    def to_torch(self, input_shape=None) -> nn.Conv2d:
+        r"""``nn.Conv2d`` computing the eval-mode map on inputs of spatial size H×W (and only that size).
+
+        A circular convolution on a G_h×G_w torus is y[p] = Σ_s h[p − s mod G] x[s], h its impulse
+        response h = irfft2(Q) (the response to a unit impulse at the origin). Hence:
+
+        * ``'circular'`` (G = (H, W)): ``nn.Conv2d(in, out, (H, W), padding='same',
+          padding_mode='circular')`` with kernel taps K[q] = h[(p₀ − q) mod G], p₀ = ((H−1)//2,
+          (W−1)//2) the left padding of torch's 'same';
+        * ``'zeros'`` (G = (H + kh − 1, W + kw − 1), the input zero-padded, the output cropped):
+          the offsets p − s of two pixels of the H×W image lie in [−(H−1), H−1], so the map is the
+          zero-padded ``nn.Conv2d(in, out, (2H − 1, 2W − 1), padding=(H − 1, W − 1))`` with
+          K[q] = h[(H − 1 − q) mod G].
+
+        The taps are computed in float64 from the per-frequency matrices the eval forward applies
+        (the ones :meth:`lipschitz_bound` measures) and rounded to the weight's dtype. The kernel is
+        as large as the image (O(H²W²·in·out) operations per image instead of an FFT): meant for
+        deployment where FFTs are unavailable (ONNX), at the input size it is exported for.
+
+        Args:
+            input_shape: (C, H, W) of one input without the batch dimension (or (H, W)); required.
+
+        Raises:
+            InputShapeRequiredError: ``input_shape`` is None (the map depends on the input size).
+        """
+        if input_shape is None:
+            raise InputShapeRequiredError(
+                f"{type(self).__name__}.to_torch: the equivalent nn.Conv2d has an H×W kernel that depends on the "
+                "input size; pass input_shape=(C, H, W)")
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
+            raise ValueError(f"input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
+        if len(shape) == 3 and shape[0] != self.in_channels:
+            raise ValueError(f"input_shape {shape} has {shape[0]} channels, expected {self.in_channels}")
+        h, w = shape[-2:]
+        grid = self._grid((h, w))
+        q = self.eval_symbol(grid)
+        dtype = q.real.dtype
+        kernel = _impulse_kernel(q, grid, (h, w), self.padding_mode == "circular").to(dtype)
+        if self.padding_mode == "circular":
+            size, padding, mode = (h, w), "same", "circular"
+        else:
+            size, padding, mode = (2 * h - 1, 2 * w - 1), (h - 1, w - 1), "zeros"
+        conv = nn.Conv2d(self.in_channels, self.out_channels, size, 1, padding, 1, 1, bias=self.bias is not None,
+                         padding_mode=mode, device=kernel.device, dtype=dtype)
+        with torch.no_grad():
+            conv.weight.copy_(kernel)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"padding_mode={self.padding_mode!r}, bias={self.bias is not None}")
+
+
+def _impulse_kernel(symbol: Tensor, grid: Tuple[int, int], hw: Tuple[int, int], circular: bool) -> Tensor:
+    """float64 cross-correlation kernel of the circular convolution with per-frequency ``symbol`` on
+    ``grid``, as an ``nn.Conv2d`` on H×W inputs: (out, in, H, W) with 'same' circular padding, or
+    (out, in, 2H − 1, 2W − 1) with zero padding (H − 1, W − 1) (see ``_FourierConv2d.to_torch``)."""
+    with torch.no_grad():
+        q = symbol.detach().to(torch.complex128).permute(2, 3, 0, 1)  # (out, in, Gh, Gw//2+1)
+        resp = torch.fft.irfft2(q, s=grid)  # impulse response h[o, i, n]
+        h, w = hw
+        dev = resp.device
+        if circular:
+            ih = torch.remainder((h - 1) // 2 - torch.arange(h, device=dev), grid[0])
+            iw = torch.remainder((w - 1) // 2 - torch.arange(w, device=dev), grid[1])
+        else:
+            ih = torch.remainder(h - 1 - torch.arange(2 * h - 1, device=dev), grid[0])
+            iw = torch.remainder(w - 1 - torch.arange(2 * w - 1, device=dev), grid[1])
+        return resp[:, :, ih][:, :, :, iw]
 
 
 class CayleyConv2d(_FourierConv2d):
@@ -157,8 +226,8 @@ class CayleyConv2d(_FourierConv2d):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, H, W)
 
-    No :meth:`to_torch`: the map is a circular convolution with an H×W kernel that depends on
-    the input size, not a small-kernel ``nn.Conv2d``.
+    :meth:`to_torch` (``input_shape`` required) returns the equivalent ``nn.Conv2d`` for one input
+    size: an H×W kernel with circular padding (a (2H − 1)×(2W − 1) kernel with zero padding).
 
     Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform",
     ICLR 2021.

@@ -10,8 +10,8 @@ from torch.nn.utils import parametrize
 
 from ..functional.conv import _spatial, circular_conv2d, conv2d_lipschitz_bound, resolve_padding, window_multiplicity
 from ..functional.spectral import spectral_norm_exact
-from ..lipschitz import LipschitzModule
-from ..parametrizations._common import eval_mode_weight, weight_parametrization
+from ..lipschitz import InputShapeRequiredError, LipschitzModule
+from ..parametrizations._common import eval_mode_weight, version_key, weight_parametrization
 from ..parametrizations.operator_norm import OperatorNormalized as _OperatorNormalized
 from ..parametrizations.rko import RKONormalized as _RKONormalized
 from ..utils import accepts_renamed_kwargs, renamed_attribute
@@ -80,7 +80,11 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
     ``input_size``, the spatial size (H, W) of the inputs, fixes that size; if None it is taken from
     the first forward. The weight map is :attr:`parametrization` (an ``OperatorNormalized``).
     :meth:`lipschitz_bound` computes a guaranteed bound of the eval operator for the given
-    ``input_shape`` (size-independent, slightly above 1, when None).
+    ``input_shape`` (size-independent, slightly above 1, when None). While the size is unknown
+    (no ``input_size``, no forward yet), :meth:`lipschitz_bound`, :meth:`eval_weight` and
+    :meth:`to_torch` given an ``input_shape`` use the kernel an eval forward on inputs of that
+    shape would use (normalized at that size; the layer is not modified), and refuse with
+    :class:`~liplayers.lipschitz.InputShapeRequiredError` without one.
 
     Args:
         in_channels, ..., padding_mode: as ``nn.Conv2d`` (padding default 0; ``'same'`` is also
@@ -108,9 +112,44 @@ class SpectralConv2d(_ConvLipschitzMixin, nn.Conv2d):
 
     normalizer = renamed_attribute("normalizer", "parametrization")
 
+    def eval_weight(self, input_shape=None) -> Tensor:
+        """The kernel used in eval mode, detached (``input_shape`` needed only while the size is unknown)."""
+        param = self.parametrization
+        if param.input_size is not None:
+            return eval_mode_weight(self)
+        if input_shape is None:
+            raise InputShapeRequiredError(
+                "SpectralConv2d: the kernel is normalized at the input size, which is not known yet: pass "
+                "input_shape=(C, H, W), input_size=(H, W) at construction, or run a forward")
+        return self._pending_weight(_spatial(input_shape)).clone()
+
+    @torch.compiler.disable  # the version check must run on every call
+    def _pending_weight(self, hw) -> Tensor:
+        """The eval kernel for inputs of spatial size ``hw`` before the size is fixed: V / ‖A_V‖ with the
+        norm of the same majorant at that size (what the first forward on such inputs fixes), cached."""
+        v = self.parametrizations.weight.original
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("SpectralConv2d: the kernel contains non-finite values (NaN or Inf)")
+        key = version_key(v) + (tuple(hw), self.padding_mode)
+        cache = getattr(self, "_pending_cache", None)
+        if cache is None or cache[0] != key:
+            param = self.parametrization
+            probe = _OperatorNormalized(param.kernel_size, param.stride, param.padding, param.dilation,
+                                        param.padding_mode, param.groups, tuple(hw), 1)
+            with torch.no_grad():
+                w = (v.detach().to(torch.float64) / probe.exact_norm(v)).to(v.dtype)
+            self._pending_cache = cache = (key, w)
+        return cache[1]
+
     def lipschitz_bound(self, input_shape=None) -> float:
-        """Guaranteed bound of the eval operator (see :class:`_ConvLipschitzMixin`)."""
-        return super().lipschitz_bound(input_shape)
+        """Guaranteed bound of the eval operator (:func:`conv2d_lipschitz_bound` of the kernel used)."""
+        return conv2d_lipschitz_bound(self.eval_weight(input_shape), input_shape, self.stride, self.padding,
+                                      self.dilation, self.padding_mode, self.groups)
+
+    def to_torch(self, input_shape=None) -> nn.Conv2d:
+        """``nn.Conv2d`` with the eval-mode kernel and the bias: identical outputs (``input_shape``
+        needed only while the input size is unknown)."""
+        return _plain_conv2d(self, self.eval_weight(input_shape))
 
     def _prepare(self, input: Tensor) -> None:
         if input.dim() in (3, 4) and self.parametrization.input_size is None:

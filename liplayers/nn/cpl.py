@@ -21,11 +21,19 @@ The normalizer's *value* is that bound, in training and eval alike; its *gradien
 of the top singular value (a power iteration with a persistent vector for dense layers; the
 top singular pair at the maximizing frequency for convolutions). In eval mode 1/c² is cached
 per parameter version (and input size for convolutions).
+
+Export: h is a residual *nonlinear* map (x minus a ReLU branch), so no single ``torch.nn``
+module computes it and ``to_torch`` raises ``NotImplementedError``;
+:func:`~liplayers.nn.export` keeps these layers as they are. In eval mode they are written
+with standard operators only (convolutions, ReLU, products) and the eval normalizer enters
+the graph as a constant, so ``torch.onnx.export`` (the TorchScript-based exporter,
+``dynamo=False``) exports them as they run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,13 +94,24 @@ def _check_mode(layer: str, padding_mode: str) -> None:
                          f"padding must not copy pixels), got {padding_mode!r}")
 
 
+def _circular(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """Circular 'same' convolution (odd square kernel). When traced (``torch.onnx.export``,
+    ``torch.jit.trace``) the same two operations as :func:`circular_conv2d`'s forward are written
+    out (circular pad, valid convolution) instead of its custom-backward autograd function, which
+    the tracer cannot export: identical values."""
+    if torch.jit.is_tracing():
+        p = (w.shape[-1] - 1) // 2
+        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, b)
+    return circular_conv2d(x, w, b)
+
+
 def _conv(x: Tensor, w: Tensor, b: Optional[Tensor], mode: str) -> Tensor:
     """W x + b: 'same' convolution, stride 1, zero or circular padding."""
     p = (w.shape[-1] - 1) // 2
     if mode == "zeros":
         return F.conv2d(x, w, b, 1, p)
     if mode == "circular":
-        return circular_conv2d(x, w, b)
+        return _circular(x, w, b)
     raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {mode!r}")
 
 
@@ -102,8 +121,31 @@ def _conv_adjoint(y: Tensor, w: Tensor, mode: str) -> Tensor:
     if mode == "zeros":
         return F.conv_transpose2d(y, w, None, 1, p)
     if mode == "circular":
-        return circular_conv2d(y, w.transpose(0, 1).flip(-2, -1))
+        return _circular(y, w.transpose(0, 1).flip(-2, -1), None)
     raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {mode!r}")
+
+
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Suspend a ``torch.jit`` trace (``torch.onnx.export``) while an eval cache is computed: the
+    cached tensor then enters the traced graph as a constant, as it does once the cache is warm,
+    instead of the operations that computed it (some of which ONNX cannot express)."""
+    state = torch._C._get_tracing_state() if torch.jit.is_tracing() else None
+    if state is None:
+        yield
+        return
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+def _no_plain_equivalent(module: nn.Module) -> NotImplementedError:
+    return NotImplementedError(
+        f"{type(module).__name__}.to_torch: the layer is a residual nonlinear map x − W·relu(...) with no single "
+        "torch.nn equivalent; liplayers.nn.export keeps it as it is, and in eval mode it exports to ONNX as it is "
+        "(torch.onnx.export with dynamo=False)")
 
 
 def _check_input(layer: str, x: Tensor, conv: bool, channels: int) -> None:
@@ -128,9 +170,11 @@ def _inverse_square(c: float, like: Tensor) -> Tuple[Tensor, float]:
     """(τ = 1/c² as a 0-d tensor of ``like``'s dtype, the float c actually used).
 
     c is first raised to a floor that keeps τ finite in that dtype (raising an upper bound
-    keeps it an upper bound)."""
+    keeps it an upper bound). c = 0 (a guaranteed bound, so W = 0): the branch Wᵀ(…) vanishes
+    for every τ, and τ = 0 keeps it exactly 0 (a huge τ would give 0·∞ = NaN for a positive bias)."""
+    zero = c == 0.0
     c = max(c, 2.0 / math.sqrt(torch.finfo(like.dtype).max))
-    return torch.tensor(1.0 / (c * c), dtype=like.dtype, device=like.device), c
+    return torch.tensor(0.0 if zero else 1.0 / (c * c), dtype=like.dtype, device=like.device), c
 
 
 def _with_gradient(tau: Tensor, c: float, sigma: Tensor) -> Tensor:
@@ -215,7 +259,8 @@ class CPLLinear(LipschitzModule):
     def _eval_tau(self) -> Tuple[Tensor, float]:
         key = version_key(self.weight)
         if self._cache_key != key:
-            self._cache = _inverse_square(self._bound(self.weight), self.weight)
+            with _untraced():
+                self._cache = _inverse_square(self._bound(self.weight), self.weight)
             self._cache_key = key
         return self._cache  # type: ignore[return-value]
 
@@ -245,6 +290,10 @@ class CPLLinear(LipschitzModule):
         tau = float(self._eval_tau()[0])
         s = float(spectral_norm_exact(self.weight))
         return max(1.0, 2.0 * tau * s * s - 1.0) * _MARGIN
+
+    def to_torch(self) -> nn.Module:
+        """Not available: a residual nonlinear map (module docstring, "Export")."""
+        raise _no_plain_equivalent(self)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, inner_features={self.inner_features}, bias={self.bias is not None}"
@@ -301,7 +350,8 @@ class CPLConv2d(LipschitzModule):
         grid = self._grid(hw)
         key = (version_key(self.weight), grid, self.padding_mode)
         if self._cache_key != key:
-            self._cache = _inverse_square(_conv_norm(self.weight, grid, False)[0], self.weight)
+            with _untraced():
+                self._cache = _inverse_square(_conv_norm(self.weight, grid, False)[0], self.weight)
             self._cache_key = key
         return self._cache  # type: ignore[return-value]
 
@@ -339,6 +389,10 @@ class CPLConv2d(LipschitzModule):
         p = (self.weight.shape[-1] - 1) // 2
         s = conv2d_lipschitz_bound(self.weight, input_shape, 1, p, 1, self.padding_mode)
         return max(1.0, 2.0 * tau * s * s - 1.0) * _MARGIN
+
+    def to_torch(self) -> nn.Module:
+        """Not available: a residual nonlinear map (module docstring, "Export")."""
+        raise _no_plain_equivalent(self)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, inner_channels={self.inner_channels}, kernel_size={self.kernel_size}, "

@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule, linf_operator_norm
 from ..parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
+from ..parametrizations.bjorck import DEFAULT_MAX_DRIFT
 from ..utils import accepts_renamed_kwargs, renamed_attribute
 
 __all__ = ["BjorckLinear", "SpectralLinear"]
@@ -83,16 +84,20 @@ class BjorckLinear(_ParametrizedLinear):
     Drop-in for ``nn.Linear`` (subclass, same arguments; ``weight`` and ``bias`` attributes; a
     plain ``nn.Linear`` state dict loads into it, its weight being orthonormalized at the next
     forward; :func:`~liplayers.nn.export` gives back a plain ``nn.Linear``).
-    Shape: input (*, in_features) → output (*, out_features). Guarantees (to the
-    tolerance ``tol`` on ‖WᵀW − I‖₂): for out ≤ in, W has orthonormal rows (‖W‖₂ = 1, W Wᵀ = I);
+    Shape: input (*, in_features) → output (*, out_features). Guarantees (in eval mode, to the
+    tolerance ``tol`` on ‖WᵀW − I‖₂; in training see below): for out ≤ in, W has orthonormal rows (‖W‖₂ = 1, W Wᵀ = I);
     for out ≥ in, orthonormal columns, so the layer preserves norms and gradient norms
     (gradient-norm preserving, GNP). :meth:`lipschitz_bound` reports the exact norm of the
     weight actually used, never the intended 1.
 
     The weight is initialized orthogonal. By default (``mode="retract"``) the stored parameter
-    is kept on the Stiefel manifold (see :class:`~liplayers.parametrizations.BjorckOrthonormal`):
-    the forward pass after an optimizer step retracts it with one to three Björck steps, and
-    in eval mode the layer costs exactly an ``nn.Linear``.
+    is kept near the Stiefel manifold (see :class:`~liplayers.parametrizations.BjorckOrthonormal`,
+    the map :attr:`parametrization`): every ``retract_every`` optimizer steps the next
+    forward retracts it (one to three Björck steps); in between the training weight is the
+    stored one divided by a guaranteed bound of its norm. So in training the layer is
+    1-Lipschitz at every step and orthogonal to the tolerance at the retraction steps; in
+    eval mode it is always orthogonal to the tolerance (polar factor of the current
+    parameter, cached) and costs exactly an ``nn.Linear``.
 
     Args:
         in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
@@ -100,16 +105,21 @@ class BjorckLinear(_ParametrizedLinear):
             with autograd through the iterations, as in Anil et al. 2019).
         tol: target ‖WᵀW − I‖₂ (≈ 2 max |σ − 1|); default 1e-4 (float32) / 1e-10 (float64).
         max_iterations: cap on Björck steps per orthonormalization.
-        order: 3 (Björck steps only) or 5 (default: a tuned cubic step when it finishes sooner).
+        order: 3 (Björck steps only) or 5 (default: a tuned cubic step when it is cheaper).
+        retract_every: retract mode: full retraction every this many optimizer steps (default 8,
+            chosen by measurement; 1 retracts at every step).
+        max_drift: retract mode, in (0, 1]: between retractions the training weight is V / b with
+            1 ≤ b ≤ 1 + max_drift, b a guaranteed bound of ‖V‖₂ (else it retracts); default 0.25.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  *, mode: str = "retract", tol: Optional[float] = None, max_iterations: int = 40,
-                 order: int = 5) -> None:
+                 order: int = 5, retract_every: Optional[int] = None, max_drift: float = DEFAULT_MAX_DRIFT) -> None:
         _check_features("BjorckLinear", in_features, out_features)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         parametrize.register_parametrization(
-            self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order)
+            self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order,
+                                              retract_every=retract_every, max_drift=max_drift)
         )
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..functional.conv import _spatial, circular_conv2d, circular_conv_norm, conv2d_lipschitz_bound
 from ..functional.skew import transpose_kernel
-from ..lipschitz import LipschitzModule
+from ..lipschitz import InputShapeRequiredError, LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ..utils import accepts_renamed_kwargs, renamed_attribute
 from ._conv_common import _kaiming_reset, _plain_conv2d, _positive_int
@@ -51,7 +51,11 @@ class LinearResidualConv2d(LipschitzModule):
     a per-frequency SVD; eval: the exact FFT norm (float64), computed once per parameter
     version and cached, so the eval block has norm ≤ 1 ('block') at the configured size.
     ``input_size``, the spatial size (H, W) of the inputs, configures that size, else the first
-    forward does.
+    forward does. Before that, :meth:`lipschitz_bound`, :meth:`eval_weight` and :meth:`to_torch`
+    given an ``input_shape`` use the kernel an eval forward on inputs of that shape would use
+    (normalized at that size; the layer is not modified), and refuse with
+    :class:`~liplayers.lipschitz.InputShapeRequiredError` without one (``normalize=None``
+    needs no size).
 
     Guarantee: :meth:`lipschitz_bound` is :func:`~liplayers.functional.conv.conv2d_lipschitz_bound`
     of the combined kernel actually used (exact FFT norm for circular padding and a given
@@ -107,10 +111,29 @@ class LinearResidualConv2d(LipschitzModule):
         _kaiming_reset(self)
 
     # -- normalization ----------------------------------------------------------------------------
-    def _grid(self) -> Tuple[int, int]:
-        if self.input_size is None:
+    def _size(self, input_shape=None) -> Optional[Tuple[int, int]]:
+        """The spatial size the eval kernel is normalized for: ``input_size`` once configured (by the
+        constructor or the first forward), else that of ``input_shape`` — the size the first
+        forward on such inputs fixes; None when no normalization needs one."""
+        if self.normalize is None:
+            return None
+        if self.input_size is not None:
+            return self.input_size
+        if input_shape is None:
+            raise InputShapeRequiredError(
+                "LinearResidualConv2d: the kernel is normalized at the input size, which is not known yet: pass "
+                "input_shape=(C, H, W), input_size=(H, W) at construction, or run a forward")
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
+            raise ValueError(f"LinearResidualConv2d: input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
+        return (shape[-2], shape[-1])
+
+    def _grid(self, size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+        if size is None:
+            size = self.input_size
+        if size is None:
             raise RuntimeError("LinearResidualConv2d: the input size is not known yet (pass input_size or run a forward)")
-        h, w = self.input_size
+        h, w = size
         if self.padding_mode == "circular":
             return (h, w)
         return (h + self.kernel_size[0] - 1, w + self.kernel_size[1] - 1)
@@ -141,14 +164,15 @@ class LinearResidualConv2d(LipschitzModule):
         return _add_identity(k)
 
     @torch.compiler.disable  # the version check must run on every call
-    def _eval_kernel(self) -> Tensor:
-        key = (version_key(self.weight), self.input_size)
+    def _eval_kernel(self, input_shape=None) -> Tensor:
+        size = self._size(input_shape)
+        key = (version_key(self.weight), size, self.normalize, self.padding_mode)
         if self._cache is None or self._cache_key != key:
             if not bool(torch.isfinite(self.weight).all()):
                 raise ValueError("LinearResidualConv2d: the kernel contains non-finite values (NaN or Inf)")
             with torch.no_grad():
                 k64 = self.weight.detach().to(torch.float64)
-                grid = self._grid() if self.normalize is not None else None
+                grid = self._grid(size) if size is not None else None
 
                 def exact(m: Tensor) -> float:
                     return max(circular_conv_norm(m, grid), torch.finfo(torch.float64).tiny)
@@ -157,9 +181,11 @@ class LinearResidualConv2d(LipschitzModule):
             self._cache_key = key
         return self._cache
 
-    def eval_weight(self) -> Tensor:
-        """The combined kernel E used in eval mode (identity included, normalized), detached."""
-        return self._eval_kernel().detach().clone()
+    def eval_weight(self, input_shape=None) -> Tensor:
+        """The combined kernel E used in eval mode (identity included, normalized), detached.
+
+        ``input_shape`` ((C, H, W) of one input) is needed only while the input size is unknown."""
+        return self._eval_kernel(input_shape).detach().clone()
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -180,12 +206,16 @@ class LinearResidualConv2d(LipschitzModule):
 
     # -- protocol ---------------------------------------------------------------------------------
     def lipschitz_bound(self, input_shape=None) -> float:
-        """Guaranteed operator-norm bound of the combined kernel used (any ``input_shape`` or None)."""
-        return conv2d_lipschitz_bound(self._eval_kernel(), input_shape, 1, "same", 1, self.padding_mode)
+        """Guaranteed operator-norm bound of the combined kernel used (any ``input_shape`` or None;
+        None needs a known input size unless ``normalize=None``)."""
+        return conv2d_lipschitz_bound(self._eval_kernel(input_shape), input_shape, 1, "same", 1, self.padding_mode)
 
-    def to_torch(self) -> nn.Conv2d:
-        """``nn.Conv2d`` with the combined eval kernel (the identity folded in): the same map."""
-        return _plain_conv2d(self, self.eval_weight(), padding=(self.kernel_size[0] // 2, self.kernel_size[1] // 2))
+    def to_torch(self, input_shape=None) -> nn.Conv2d:
+        """``nn.Conv2d`` with the combined eval kernel (the identity folded in): the same map.
+
+        ``input_shape`` is needed only while the input size is unknown (see the class docstring)."""
+        return _plain_conv2d(self, self.eval_weight(input_shape),
+                             padding=(self.kernel_size[0] // 2, self.kernel_size[1] // 2))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the power-iteration buffer is allocated at the first training forward (its shape depends

@@ -14,6 +14,11 @@ convolution over the inner channels whose kernel is the self-correlation of K, a
 t_i = Σ_j Σ_shifts |(KKᵀ)_ij[shift]| q_j/q_i dominates it on every input size (see
 :mod:`liplayers.functional.aol`). Storage convention here: ``weight`` is Wᵀ, of shape
 (inner, features) as for ``nn.Linear``, or the kernel K (inner, channels, k, k).
+
+Export: a residual nonlinear map has no single ``torch.nn`` equivalent, so ``to_torch`` raises
+``NotImplementedError`` and :func:`~liplayers.nn.export` keeps these layers; in eval mode they
+use standard operators only, with T⁻¹ a constant of the graph, and ``torch.onnx.export``
+(``dynamo=False``) exports them as they run.
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ from ..functional.spectral import spectral_norm_exact
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ._conv_common import _positive_int
-from .cpl import (_check_input, _check_mode, _conv, _conv_adjoint, _init_residual_params, _reset_residual_params,
-                  _residual_conv_args, _scaled_relu)
+from .cpl import (_check_input, _check_mode, _conv, _conv_adjoint, _init_residual_params, _no_plain_equivalent,
+                  _reset_residual_params, _residual_conv_args, _scaled_relu, _untraced)
 
 __all__ = ["SLLLinear", "SLLConv2d"]
 
@@ -69,7 +74,7 @@ class _SLLBase(LipschitzModule):
     def _eval_tau(self) -> Tensor:
         key = version_key(self.weight, self.log_q)
         if self._cache_key != key:
-            with torch.no_grad():
+            with torch.no_grad(), _untraced():
                 tau = _inverse_t(self.weight.detach(), self.log_q.detach())
                 if not bool(torch.isfinite(tau).all()):
                     raise ValueError(f"{type(self).__name__}: non-finite weight or log_q")
@@ -79,6 +84,10 @@ class _SLLBase(LipschitzModule):
 
     def _tau(self) -> Tensor:
         return _inverse_t(self.weight, self.log_q) if self.training else self._eval_tau()
+
+    def to_torch(self) -> nn.Module:
+        """Not available: a residual nonlinear map (module docstring, "Export")."""
+        raise _no_plain_equivalent(self)
 
     def eval_scale(self) -> Tensor:
         """The diagonal T⁻¹ used in eval mode (inner,), detached."""

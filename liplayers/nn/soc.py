@@ -18,7 +18,7 @@ from ..functional.skew import (
     skew_kernel,
     spectral_conv2d,
 )
-from ..lipschitz import LipschitzModule
+from ..lipschitz import InputShapeRequiredError, LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ..utils import accepts_renamed_kwargs, renamed_attribute
 from ._conv_common import _positive_int
@@ -97,8 +97,12 @@ class SOCConv2d(LipschitzModule):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, H, W)
 
-    Not exported by :meth:`to_torch`: the truncated series is a polynomial in the convolution,
-    a single ``nn.Conv2d`` (of a (1 + k(kh − 1))-tap kernel) only for circular padding.
+    :meth:`to_torch` (``input_shape`` required): with circular padding the eval map is one circular
+    ``nn.Conv2d`` (a (1 + k(kh − 1))×(1 + k(kw − 1)) kernel, k = :attr:`eval_terms`, folded onto
+    the input's torus when the input is smaller than half of it); with zero padding there is
+    no such module (each power of A is truncated at the border) and it raises
+    ``NotImplementedError`` (:func:`~liplayers.nn.export` keeps the layer, which exports to
+    ONNX as it is).
 
     Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021.
     """
@@ -268,6 +272,72 @@ class SOCConv2d(LipschitzModule):
             return float(torch.linalg.matrix_norm(sym, ord=2).max()) * (1.0 + 1e-9)
         a = min(a, conv2d_lipschitz_bound(k, shape[-2:], 1, "same", 1, self.padding_mode))
         return (1.0 + exp_tail_bound(a, terms)) * (1.0 + 1e-9)
+
+    def to_torch(self, input_shape=None) -> nn.Conv2d:
+        r"""The eval map as one circular ``nn.Conv2d`` (circular padding only).
+
+        A circular convolution is a polynomial in the cyclic shifts, so T_k(A) = Σ_{i≤k} Aⁱ/i! is the
+        circular convolution whose kernel is the sum of the i-fold self-compositions of A's kernel:
+        1 + k(kh − 1) taps per axis, whatever the input size (on a torus smaller than that the taps
+        wrap around, which circular padding reproduces). The kernel is computed in float64 as the
+        impulse response of T_k(Â(ω)) on a torus of exactly that size (no aliasing), its
+        [:out_channels, :in_channels] block kept (the input is zero-padded to c channels, the
+        first ``out_channels`` outputs are kept), and rounded to the weight's dtype.
+
+        torch's circular padding needs (1 + k(kh − 1)) // 2 ≤ H (and W), so ``input_shape`` is
+        required: when it allows, the returned module has that composed kernel (and is then
+        valid for every input at least that large); for a smaller ``input_shape`` the kernel is
+        folded onto that H×W torus instead (an H×W kernel, 'same' circular padding, valid for
+        that size only), from the matrices the eval forward applies.
+
+        **Zero padding has no equivalent ``nn.Conv2d``**: the zero-padded A is R C E (extend by
+        zeros, convolve, restrict to the image), and A² = R C (E R) C E with E R the truncation to
+        the image ≠ I, so near the border T_k(A) differs from the convolution with the composed
+        kernel; it is not translation-invariant. ``NotImplementedError`` is raised (the layer
+        itself uses standard convolutions only and exports to ONNX as it is).
+
+        Args:
+            input_shape: (C, H, W) (or (H, W)) of one input, see above.
+
+        Raises:
+            InputShapeRequiredError: ``input_shape`` is None.
+            NotImplementedError: zero padding.
+        """
+        if self.padding_mode != "circular":
+            raise NotImplementedError(
+                "SOCConv2d.to_torch: with padding_mode='zeros' the truncated exponential is not a convolution (each "
+                "power of the zero-padded convolution is truncated at the border), so no nn.Conv2d computes it; "
+                "keep the layer (it runs with standard convolutions and exports to ONNX as it is) or use "
+                "padding_mode='circular'")
+        if input_shape is None:
+            raise InputShapeRequiredError(
+                "SOCConv2d.to_torch: torch's circular padding limits the composed kernel to large enough inputs "
+                "(smaller ones need it folded); pass input_shape=(C, H, W)")
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
+            raise ValueError(f"SOCConv2d: input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
+        if len(shape) == 3 and shape[0] != self.in_channels:
+            raise ValueError(f"SOCConv2d: input_shape {shape} has {shape[0]} channels, expected {self.in_channels}")
+        k, terms, _ = self._eval_cache()
+        kh, kw = (1 + terms * (k.shape[-2] - 1), 1 + terms * (k.shape[-1] - 1))
+        from .cayley import _impulse_kernel  # the impulse response of a Fourier-domain map as a conv kernel
+
+        if kh // 2 > shape[-2] or kw // 2 > shape[-1]:
+            grid = (shape[-2], shape[-1])
+            sym, padding = self.eval_symbol(grid), "same"
+        else:
+            grid = (kh, kw)
+            with torch.no_grad():
+                sym, padding = exp_series_matrices(fft_symbol(k.to(torch.float64), grid), terms), (kh // 2, kw // 2)
+        kernel = _impulse_kernel(sym, grid, grid, True)[: self.out_channels, : self.in_channels]
+        kernel = kernel.to(k.dtype).contiguous()
+        conv = nn.Conv2d(self.in_channels, self.out_channels, grid, 1, padding, 1, 1, bias=self.bias is not None,
+                         padding_mode="circular", device=kernel.device, dtype=kernel.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(kernel)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -31,8 +31,11 @@ bounds the layers from their actual weights.
 
 Which weights: :func:`parseval_weights` collects the ``weight`` of every ``nn.Linear`` and
 ``nn.Conv1d/2d/3d`` (and their subclasses). The penalty reads parametrized weights through
-their parametrization; the retraction skips parametrized weights (a ``BjorckLinear`` is already
-kept orthonormal, and its read weight cannot be modified in place).
+their parametrization (and computed weights, such as the kernel of an ``OrthoConv2d``, as
+computed); the retraction acts only on stored ``nn.Parameter`` weights: it skips parametrized
+weights (a ``BjorckLinear`` is already kept orthonormal, and its read weight cannot be modified
+in place) and weights that are computed from other parameters (modifying such a tensor in place
+would change nothing, or corrupt a cache).
 """
 from __future__ import annotations
 
@@ -72,15 +75,20 @@ def _as_matrix(w: Tensor) -> Tensor:
 def parseval_weights(model: nn.Module, include_parametrized: bool = True) -> List[Tensor]:
     """The ``weight`` of every ``nn.Linear`` / ``nn.ConvNd`` in ``model`` (including itself).
 
-    ``include_parametrized=False`` skips weights read through a parametrization (the
-    retraction needs the stored tensor). Raises ``ValueError`` when none is found.
+    ``include_parametrized=False`` keeps only weights stored as an ``nn.Parameter`` (what the
+    retraction modifies): it skips weights read through a parametrization and weights computed
+    from other parameters (e.g. ``OrthoConv2d.weight``, a property). Layers without a weight
+    tensor are skipped.
     """
     out: List[Tensor] = []
     for m in model.modules():
         if isinstance(m, _LAYERS):
-            if parametrize.is_parametrized(m, "weight") and not include_parametrized:
+            if not include_parametrized and (parametrize.is_parametrized(m, "weight")
+                                             or not isinstance(m.weight, nn.Parameter)):
                 continue
-            out.append(m.weight)
+            w = m.weight
+            if isinstance(w, Tensor):
+                out.append(w)
     return out
 
 
@@ -153,8 +161,11 @@ class ParsevalRetraction:
     >>> retract = ParsevalRetraction(model, beta=0.5)
     >>> loss.backward(); optimizer.step(); retract()
 
-    The weights are collected once, at construction (parametrized weights are skipped; see
-    the module docstring). ``iterations`` retraction steps are applied per call.
+    The weights are collected once, at construction: from a module, only weights stored as an
+    ``nn.Parameter`` (parametrized and computed weights are skipped; see the module docstring);
+    an explicit tensor computed by autograd (with a ``grad_fn``) is refused, as modifying it
+    would not change the parameters it comes from. ``iterations`` retraction steps are
+    applied per call.
 
     Args:
         model: module whose ``nn.Linear`` / ``nn.ConvNd`` weights are retracted, or an iterable
@@ -170,9 +181,13 @@ class ParsevalRetraction:
         self.iterations = iterations
         self.weights: Sequence[Tensor] = _collect(model, include_parametrized=False)
         if not self.weights:
-            raise ValueError("ParsevalRetraction: no plain (non-parametrized) nn.Linear / nn.ConvNd weight to retract")
+            raise ValueError("ParsevalRetraction: no plain nn.Linear / nn.ConvNd weight (stored as an nn.Parameter; "
+                             "parametrized and computed weights are skipped) to retract")
         for w in self.weights:
             _as_matrix(w)
+            if w.grad_fn is not None:
+                raise ValueError("ParsevalRetraction: a weight is computed from other tensors (it has a grad_fn, "
+                                 "e.g. a parametrized or property weight); pass the stored parameter instead")
 
     def __call__(self) -> None:
         for w in self.weights:

@@ -247,3 +247,74 @@ def test_inductor_max_min():
     yr, gr = _value_and_grad(lambda t: max_min(t, 1), x, g)
     assert torch.equal(y, yr) and torch.equal(gx, gr)
     torch._dynamo.reset()
+
+
+def _tricky(dtype, shape=(4, 8, 3, 5)):
+    """Random entries plus exact ties, signed zeros and a NaN pair member."""
+    x = torch.randn(*shape).to(dtype)
+    x[0, 0], x[0, 1] = 1.5, 1.5  # ties
+    x[1, 2], x[1, 3] = 0.0, -0.0  # +0 / -0
+    x[2, 4, 0, 0] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dim", [1, -1])
+def test_compiled_max_min_bit_exact_with_eager(dtype, dim):
+    """The compile formulation (integer sign mask, bitwise gradient swap) gives eager's values and
+    gradients bit for bit, ties, signed zeros and NaN included."""
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    torch._dynamo.reset()
+    shape = (4, 8, 3, 6)
+    x = _tricky(dtype, shape)
+    g = torch.randn(shape).to(dtype)
+    compiled = torch.compile(lambda t: max_min(t, dim), backend="aot_eager", fullgraph=True)
+    y, gx = _value_and_grad(compiled, x, g)
+    ye, ge = _value_and_grad(lambda t: max_min(t, dim), x, g)
+    assert torch.equal(y.isnan(), ye.isnan()) and torch.equal(y.nan_to_num(), ye.nan_to_num())
+    assert torch.equal(gx.view(torch.int16 if dtype == torch.bfloat16 else gx.dtype),
+                       ge.view(torch.int16 if dtype == torch.bfloat16 else ge.dtype))
+    torch._dynamo.reset()
+
+
+def test_compiled_max_min_saves_no_boolean_tensor():
+    """Inductor's CPU code stores boolean masks element by element (~10× slower than eager):
+    the compiled forward must save only the integer sign mask (half an input) for backward."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    torch._dynamo.reset()
+    outputs = []
+
+    def fw(gm, _inputs):
+        outputs.extend(n.meta["val"] for n in gm.graph.find_nodes(op="output")[0].args[0])
+        return gm
+
+    backend = aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _i: gm)
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    y = torch.compile(lambda t: max_min(t, 1), backend=backend, fullgraph=True)(x)
+    y.sum().backward()
+    saved = outputs[1:]  # the first output is the result, the rest is saved for backward
+    assert saved and all(t.dtype == torch.int32 for t in saved), [(t.dtype, tuple(t.shape)) for t in saved]
+    assert sum(t.numel() for t in saved) == x.numel() // 2
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("gcc", "cc", "clang", "g++")), reason="no C++ compiler")
+def test_inductor_group_sort_network_and_ties(network_always):
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    torch._dynamo.reset()
+    x = _tricky(torch.float32, (4, 8, 3, 5))
+    g = torch.randn(x.shape)
+    for group in (2, 4):
+        f = lambda t: group_sort(t, group, 1)  # noqa: E731
+        y, gx = _value_and_grad(torch.compile(f, fullgraph=True), x, g)
+        yr, gr = _value_and_grad(f, x, g)
+        assert torch.equal(y.isnan(), yr.isnan()) and torch.equal(y.nan_to_num(), yr.nan_to_num())
+        nan_group = torch.zeros(x.shape, dtype=torch.bool)
+        nan_group[2, 4 - 4 % group:4 - 4 % group + group, 0, 0] = True
+        assert torch.equal(gx[~nan_group], gr[~nan_group])
+        # inside a group holding NaN the sign of the NaNs produced by the compiled min / max may
+        # differ from eager's, and with it the (still permutation) routing of later stages
+        assert torch.equal(gx[nan_group].sort().values, g[nan_group].sort().values)
+    torch._dynamo.reset()

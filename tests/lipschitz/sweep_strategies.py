@@ -194,7 +194,34 @@ def ours(draw, cls):
             m.phi.copy_(torch.tensor([draw(REALS.filter(math.isfinite)) for _ in range(2)]))
         _set(m, dim=draw(st.integers(-2, 1)))
         return m, (4,)
+    if cls in _FAMILIES:  # layer families: random sizes and modes, weights scaled over a wide range
+        m, shape = _FAMILIES[cls](draw, draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+                                  draw(st.sampled_from(["zeros", "circular"])), (draw(st.integers(2, 6)),
+                                                                                 draw(st.integers(2, 6))))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(draw(st.sampled_from([0.0, 1e-3, 1.0, 30.0])))
+        return m, shape
     raise KeyError(cls)
+
+
+_F64 = {"dtype": torch.float64}
+_FAMILIES = {
+    L.LinearResidualConv2d: lambda draw, c, o, mode, hw: (L.LinearResidualConv2d(
+        c, c, 3, padding_mode=mode, normalize=draw(st.sampled_from(["block", "conv", None])), **_F64), (c, *hw)),
+    L.AOLLinear: lambda draw, c, o, mode, hw: (L.AOLLinear(c, o, **_F64), (c,)),
+    L.AOLConv2d: lambda draw, c, o, mode, hw: (L.AOLConv2d(c, o, 3, padding=1, padding_mode=mode, **_F64), (c, *hw)),
+    L.CPLLinear: lambda draw, c, o, mode, hw: (L.CPLLinear(c, inner_features=o, **_F64), (c,)),
+    L.CPLConv2d: lambda draw, c, o, mode, hw: (L.CPLConv2d(c, 3, o, padding_mode=mode, **_F64), (c, *hw)),
+    L.SLLLinear: lambda draw, c, o, mode, hw: (L.SLLLinear(c, o, **_F64), (c,)),
+    L.SLLConv2d: lambda draw, c, o, mode, hw: (L.SLLConv2d(c, o, padding_mode=mode, **_F64), (c, *hw)),
+    L.SOCConv2d: lambda draw, c, o, mode, hw: (L.SOCConv2d(c, o, 3, padding_mode=mode, **_F64), (c, *hw)),
+    L.CayleyConv2d: lambda draw, c, o, mode, hw: (L.CayleyConv2d(c, o, 3, padding_mode=mode, **_F64), (c, *hw)),
+    L.BROConv2d: lambda draw, c, o, mode, hw: (L.BROConv2d(c, o, 3, padding_mode=mode, **_F64), (c, *hw)),
+    L.BROLinear: lambda draw, c, o, mode, hw: (L.BROLinear(c, o, **_F64), (c,)),
+    L.CholeskyLinear: lambda draw, c, o, mode, hw: (L.CholeskyLinear(c, o, **_F64), (c,)),
+    L.LastLayerNormalizedLinear: lambda draw, c, o, mode, hw: (L.LastLayerNormalizedLinear(c, o, **_F64), (c,)),
+}
 
 
 def strategy_for(cls):

@@ -29,7 +29,9 @@ from sweep_strategies import ours, strategy_for  # noqa: E402
 TORCH_TYPES = sorted(set(L2_BOUNDS.bounds) | set(LINF_BOUNDS.bounds), key=lambda t: t.__name__)
 TORCH_TYPES = [t for t in TORCH_TYPES if t.__module__.startswith("torch.")]
 OURS = [L.GroupSort, L.MaxMin, L.FullSort, L.Residual, L.L2NormPool2d, L.ScaledAvgPool2d, L.GlobalL2Pool2d,
-        L.HouseholderActivation]
+        L.HouseholderActivation, L.LinearResidualConv2d, L.AOLLinear, L.AOLConv2d, L.CPLLinear, L.CPLConv2d,
+        L.SLLLinear, L.SLLConv2d, L.SOCConv2d, L.CayleyConv2d, L.BROConv2d, L.BROLinear, L.CholeskyLinear,
+        L.LastLayerNormalizedLinear]
 ELEMENTWISE = set(ta._CONSTANTS) | {torch.nn.ELU, torch.nn.CELU, torch.nn.LeakyReLU, torch.nn.RReLU,
                                     torch.nn.Softshrink}
 COUNTS: dict = collections.defaultdict(collections.Counter)
