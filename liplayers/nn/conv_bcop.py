@@ -212,6 +212,10 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
     # -- forward ----------------------------------------------------------------------------
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         (pt, pb), (pl, pr) = self._pads
+        if self.padding_mode == "zeros" and (pb > pt or pr > pl):
+            # zero padding past the last window is never read: when the windows of the symmetric
+            # padding (pt, pt) are the same, pass it to the convolution instead of copying the input
+            pb, pr = self._unread_padding(input.shape[-2:], weight.shape[-2:])
         if pt == pb and pl == pr:
             if self.padding_mode == "zeros":
                 return F.conv2d(input, weight, bias, self.stride, (pt, pl), self.dilation)
@@ -219,6 +223,15 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
                 return circular_conv2d(input, weight, bias, self.dilation)
         mode = "constant" if self.padding_mode == "zeros" else "circular"
         return F.conv2d(F.pad(input, (pl, pr, pt, pb), mode=mode), weight, bias, self.stride, 0, self.dilation)
+
+    def _unread_padding(self, size, kernel) -> Tuple[int, int]:
+        """Bottom/right zero padding, lowered to the top/left amount where no window reads the rest."""
+        out = []
+        for n, k, (lo, hi), s, d in zip(size, kernel, self._pads, self.stride, self.dilation):
+            reach = d * (k - 1) + 1
+            same = hi > lo and (n + lo + hi - reach) // s == (n + 2 * lo - reach) // s and n + 2 * lo >= reach
+            out.append(lo if same else hi)
+        return out[0], out[1]
 
     def _check_input(self, input: Tensor) -> None:
         if input.dim() != 4 or input.shape[1] != self.in_channels:
