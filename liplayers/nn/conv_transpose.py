@@ -1,13 +1,8 @@
 r"""Transposed convolutions with a guaranteed operator norm: orthogonal (BCOP) and spectrally normalized.
 
-**Adjoint.** ``conv_transpose2d(y, K, s, p, o, g, d)`` with K of shape (in, out/g, kh, kw) is the
-adjoint of the map x ↦ R·``conv2d(x, K, s, p, d, g)`` on (out, H', W') images, where
-H' = (H − 1)s − 2p + d(kh − 1) + o + 1 is the transposed layer's output height and R keeps the
-first H×W outputs (R = I when o < s: the convolution then has exactly H×W outputs). The kernel
-tensor is the same, read as a ``Conv2d`` kernel (out_conv = in, in_conv/g = out/g). So the
-operator norm of the transposed convolution is at most that of the convolution on H'×W' inputs,
-equal when o < s; every bound of that convolution
-(:func:`~liplayers.functional.conv.conv2d_lipschitz_bound`) bounds it.
+**Adjoint.** ``conv_transpose2d`` with kernel K is the adjoint of ``conv2d`` with the same kernel
+on its output grid, restricted to its first H×W outputs: same operator norm, bounded by the
+bounds of that convolution (:mod:`liplayers.functional.conv_transpose`).
 
 **Circular.** The adjoint of the circular stride-s convolution with 'same' padding on an
 N = M·s torus maps M×M images to N×N ones. It is computed as a circular padding of the input
@@ -25,7 +20,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.bcop import bcop_structural_bound
-from ..functional.conv import _spatial, circular_conv_norm, conv2d_lipschitz_bound, polyphase_kernel
+from ..functional.conv import _spatial, circular_conv_norm, polyphase_kernel
+from ..functional.conv_transpose import (conv_transpose2d_lipschitz_bound, conv_transpose_linf_bound,
+                                         largest_output_padding, transposed_output_size)
 from ..functional.padding import _pair
 from ..lipschitz import LipschitzModule, UnboundedModuleError
 from ..parametrizations._common import eval_mode_weight, weight_parametrization
@@ -34,72 +31,7 @@ from ._conv_common import Size2, _check_padding_mode, _positive_int
 from .conv_bcop import OrthoConv2d
 from .linear import _load_plain_weight
 
-__all__ = ["OrthoConvTranspose2d", "SpectralConvTranspose2d", "conv_transpose2d_lipschitz_bound"]
-
-_ROUND = 1.0 + 1e-9
-
-
-def _out_size(n: int, k: int, s: int, p: int, o: int, d: int) -> int:
-    return (n - 1) * s - 2 * p + d * (k - 1) + o + 1
-
-
-def _largest_output_padding(stride: Sequence[int], output_padding: Sequence[int]) -> Tuple[int, int]:
-    """The largest output padding a forward can use: ``output_padding``, or up to s − 1 via ``output_size``."""
-    return (max(output_padding[0], stride[0] - 1), max(output_padding[1], stride[1] - 1))
-
-
-def conv_transpose2d_lipschitz_bound(kernel: Tensor, input_shape: Optional[Sequence[int]], stride: Size2 = 1,
-                                     padding: Size2 = 0, output_padding: Size2 = 0, dilation: Size2 = 1,
-                                     groups: int = 1) -> float:
-    """Guaranteed bound of the L2 operator norm of ``conv_transpose2d`` (zero padding) with ``kernel``.
-
-    The bound of the adjoint convolution (module docstring) on the output grid of the largest
-    output padding o* = max(``output_padding``, stride − 1) a forward can use (``output_size``
-    selects any value below the stride). The output with o ≤ o* is a crop of the one with o*
-    (the output padding only appends rows and columns of the same full transposed convolution),
-    so its norm is at most that of o*: one bound covers every forward. Without ``input_shape``:
-    the size-independent symbol bound. ``kernel``: (in, out/groups, kh, kw) as
-    ``nn.ConvTranspose2d.weight``.
-    """
-    if isinstance(padding, str):
-        raise UnboundedModuleError(f"transposed convolution with padding={padding!r}: only integer padding is bounded")
-    k = kernel.detach()
-    s, p, o, d = (_pair(v, n) for v, n in ((stride, "stride"), (padding, "padding"),
-                                            (output_padding, "output_padding"), (dilation, "dilation")))
-    hw = _spatial(input_shape)
-    if hw is None:
-        return conv2d_lipschitz_bound(k, None, s, p, d, "zeros", groups)
-    o = _largest_output_padding(s, o)
-    ks = tuple(k.shape[-2:])
-    out = tuple(_out_size(hw[i], ks[i], s[i], p[i], o[i], d[i]) for i in range(2))
-    if min(out) < 1:
-        raise ValueError(f"input size {hw} gives an empty output for kernel {ks}, stride {s}, padding {p}")
-    return conv2d_lipschitz_bound(k, out, s, p, d, "zeros", groups)
-
-
-def _linf_bound(kernel: Tensor, groups: int, stride: Sequence[int], dilation: Sequence[int]) -> float:
-    """∞→∞ bound of ``conv_transpose2d`` (zero or circular padding).
-
-    Output pixel n receives the pair (input pixel i, tap a) only if i·s + a·d − p ≡ n, so only the
-    taps with a·d ≡ n + p (mod s) reach it, each (input channel, tap) at most once: the bound is
-    the largest Σ|K[i, o, a]| over the output channels o, the input channels i of o's group and
-    the taps a of one phase (r_h, r_w) (mod s, per axis).
-    """
-    k = kernel.detach().to(torch.float64).abs()
-    cin, og, kh, kw = k.shape
-    if not k.numel():
-        return 0.0
-    k = k.reshape(groups, cin // groups, og, kh, kw).sum(1)  # (groups, out/groups, kh, kw)
-    (sh, sw), (dh, dw) = stride, dilation
-    ph = torch.tensor([(a * dh) % sh for a in range(kh)], device=k.device)
-    pw = torch.tensor([(b * dw) % sw for b in range(kw)], device=k.device)
-    best = 0.0
-    for rh in range(sh):
-        for rw in range(sw):
-            part = k[..., ph == rh, :][..., pw == rw]
-            if part.numel():
-                best = max(best, float(part.sum((-2, -1)).max()))
-    return best * _ROUND
+__all__ = ["OrthoConvTranspose2d", "SpectralConvTranspose2d"]
 
 
 def _circular_plan(k: int, s: int, p: int, d: int) -> Tuple[int, int, int, int]:
@@ -271,7 +203,8 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
         The structural bound (:func:`~liplayers.functional.bcop.bcop_structural_bound` of the
         kernel used) bounds the adjoint convolution at every size, hence this layer; with
         ``input_shape`` (C, H, W): circular — the exact FFT norm of the circular convolution on
-        the s·H × s·W torus (the adjoint); zeros — :func:`conv_transpose2d_lipschitz_bound`.
+        the s·H × s·W torus (the adjoint); zeros —
+        :func:`~liplayers.functional.conv_transpose.conv_transpose2d_lipschitz_bound`.
         """
         k = self._eval_kernel()
         h, q, _ = self._cache  # type: ignore[misc]
@@ -289,8 +222,14 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
                                                            self.dilation, 1))
 
     def linf_lipschitz_bound(self, input_shape=None) -> float:
-        """∞→∞ bound: the largest Σ|K[:, o]| of the eval kernel (each term reaches an output at most once)."""
-        return _linf_bound(self._eval_kernel(), 1, self.stride, self.dilation)
+        """∞→∞ bound of the eval kernel: the largest Σ|K| reaching one output (each term at most once).
+
+        :func:`~liplayers.functional.conv_transpose.conv_transpose_linf_bound`; exact at
+        ``input_shape`` for zero padding, size-free otherwise.
+        """
+        shape = input_shape if self.padding_mode == "zeros" else None
+        return conv_transpose_linf_bound(self._eval_kernel(), self.stride, self.dilation, 1, shape, self.padding,
+                                         self.output_padding)
 
     def to_torch(self) -> nn.Module:
         """``nn.ConvTranspose2d`` with the eval kernel (zeros); circular: ``nn.CircularPad2d`` + it.
@@ -337,7 +276,8 @@ class SpectralConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
     by the exact FFT norm of the circular convolution on the zero-padded output grid, a
     guaranteed upper bound, computed once per parameter version. The size normalized for is the
     largest output a forward can produce from the configured input size (output padding
-    max(``output_padding``, s − 1), see :func:`conv_transpose2d_lipschitz_bound`), so the eval
+    max(``output_padding``, s − 1), see
+    :func:`~liplayers.functional.conv_transpose.conv_transpose2d_lipschitz_bound`), so the eval
     operator has norm ≤ 1 at that input size whatever ``output_size`` is passed.
     :meth:`lipschitz_bound` recomputes a guaranteed bound of the eval kernel at any
     ``input_shape``, size-independent when None (slightly above 1).
@@ -377,14 +317,14 @@ class SpectralConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
                              f"{self.output_padding}")
         out_hw = None
         if input_size is not None:
-            out_hw = self._output_hw(_spatial(input_size), _largest_output_padding(self.stride, self.output_padding))
+            out_hw = self._output_hw(_spatial(input_size), largest_output_padding(self.stride, self.output_padding))
         param = OperatorNormalized(self.kernel_size, self.stride, self.padding, self.dilation, "zeros", groups,
                                    out_hw, n_power_iterations)
         parametrize.register_parametrization(self, "weight", param)
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 
     def _output_hw(self, hw: Sequence[int], op: Sequence[int]) -> Tuple[int, int]:
-        out = tuple(_out_size(int(hw[i]), self.kernel_size[i], self.stride[i], self.padding[i], int(op[i]),
+        out = tuple(transposed_output_size(int(hw[i]), self.kernel_size[i], self.stride[i], self.padding[i], int(op[i]),
                               self.dilation[i]) for i in range(2))
         if min(out) < 1:
             raise ValueError(f"SpectralConvTranspose2d: input size {tuple(hw)} gives an empty output")
@@ -399,13 +339,16 @@ class SpectralConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         op = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation)
         if self.parametrization.input_size is None and input.dim() in (3, 4):
-            largest = _largest_output_padding(self.stride, self.output_padding)
+            largest = largest_output_padding(self.stride, self.output_padding)
             self.parametrization.set_input_size(self._output_hw(input.shape[-2:], largest))
         return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, op, self.groups,
                                   self.dilation)
 
     def lipschitz_bound(self, input_shape=None) -> float:
-        """:func:`conv_transpose2d_lipschitz_bound` of the eval kernel with the layer's arguments now."""
+        """Bound of the eval kernel with the layer's arguments now.
+
+        :func:`~liplayers.functional.conv_transpose.conv_transpose2d_lipschitz_bound`.
+        """
         if self.padding_mode != "zeros":
             raise UnboundedModuleError(f"SpectralConvTranspose2d.padding_mode = {self.padding_mode!r}")
         if input_shape is not None and len(input_shape) == 3 and int(input_shape[0]) != self.in_channels:
@@ -415,8 +358,9 @@ class SpectralConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
                                                 self.output_padding, self.dilation, self.groups)
 
     def linf_lipschitz_bound(self, input_shape=None) -> float:
-        """∞→∞ bound: the largest Σ|K[:, o]| over the output channels of the eval kernel."""
-        return _linf_bound(self.eval_weight(), self.groups, self.stride, self.dilation)
+        """∞→∞ bound of the eval kernel (exact at ``input_shape``, size-free without it)."""
+        return conv_transpose_linf_bound(self.eval_weight(), self.stride, self.dilation, self.groups, input_shape,
+                                         self.padding, self.output_padding)
 
     def to_torch(self) -> nn.ConvTranspose2d:
         """``nn.ConvTranspose2d`` with the eval kernel and the bias: identical outputs."""

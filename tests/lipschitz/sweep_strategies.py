@@ -224,6 +224,30 @@ _FAMILIES = {
 }
 
 
+@st.composite
+def conv_transpose(draw, cls):
+    d = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}[cls]
+    g = draw(st.sampled_from([1, 2]))
+    cin, cout = g * draw(st.integers(1, 2)), g * draw(st.integers(1, 2))
+    k, s, dil, p = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(0, 2))
+    o = draw(st.integers(0, max(s, dil) - 1))
+    m = cls(cin, cout, k, stride=s, padding=p, output_padding=o, groups=g, dilation=dil, dtype=torch.float64)
+    with torch.no_grad():
+        m.weight.mul_(draw(st.sampled_from([1.0, 5.0])))
+    change = draw(st.sampled_from([None, None, "padding_mode", "padding", "stride", "output_padding"]))
+    if change == "padding_mode":
+        _set(m, padding_mode=draw(st.sampled_from(["reflect", "circular"])))
+    elif change == "padding":
+        v = draw(st.sampled_from(["same", -1, 3]))
+        _set(m, padding=v if isinstance(v, str) else (v,) * d)
+    elif change == "stride":
+        _set(m, stride=(draw(st.sampled_from([0, 4])),) * d)
+    elif change == "output_padding":
+        _set(m, output_padding=(draw(st.integers(0, 4)),) * d)
+    size = 3 if d == 3 else 6
+    return m, (cin, *[draw(st.integers(1, size)) for _ in range(d)])
+
+
 def strategy_for(cls):
     """The strategy for a registered type, or None if the sweep does not know it."""
     from liplayers.lipschitz import torch_activations as ta
@@ -238,6 +262,8 @@ def strategy_for(cls):
         return identity_like(cls)
     if cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         return conv(cls)
+    if cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+        return conv_transpose(cls)
     if cls is nn.Sequential:
         return sequential()
     if cls.__module__.startswith("torch.nn"):

@@ -13,8 +13,8 @@ from liplayers.functional.lot import newton_schulz_polar, newton_schulz_polar_to
 from liplayers.functional.skew import fft_symbol
 from liplayers.lipschitz import UnboundedModuleError, lipschitz_bound_of
 from liplayers.nn.centering import BatchCentering2d, LayerCentering2d
-from liplayers.nn.conv_transpose import (OrthoConvTranspose2d, SpectralConvTranspose2d,
-                                         conv_transpose2d_lipschitz_bound)
+from liplayers.functional.conv_transpose import conv_transpose2d_lipschitz_bound
+from liplayers.nn.conv_transpose import OrthoConvTranspose2d, SpectralConvTranspose2d
 from liplayers.nn.lot import LOTConv2d
 
 F32_ROUNDING = 32 * torch.finfo(torch.float32).eps
