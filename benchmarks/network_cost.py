@@ -13,7 +13,8 @@ with amortized retraction, BCOP convolutions):
 
 The plain network of the same shape (:func:`plain_copy`) replaces every ``OrthoConv2d`` by an
 ``nn.Conv2d`` with the same channels, kernel, stride and output size (the 'same' padding of a
-strided convolution becomes the equivalent explicit padding), ``BjorckLinear`` by ``nn.Linear``
+strided convolution becomes the equivalent explicit padding, symmetric — as a user would
+write it — when the extra bottom/right zeros are never read), ``BjorckLinear`` by ``nn.Linear``
 and each GroupSort-family activation by ``ReLU``.
 
 Time: every network first trains ``--warmup`` steps; then in each of ``--rounds`` rounds every
@@ -107,6 +108,9 @@ def plain_copy(net: nn.Module, input_shape: Tuple[int, ...]) -> nn.Module:
                     _same_padding(n, k, s, d) for n, k, s, d in zip(sizes[m], m.kernel_size, m.stride, m.dilation)]
             else:
                 pads = [(p, p) for p in m.padding]
+            if m.padding_mode == "zeros":  # extra bottom/right zeros no window reads: the symmetric padding
+                pads = [(lo, lo) if hi > lo and (n + lo + hi - d * (k - 1) - 1) // s == (n + 2 * lo - d * (k - 1) - 1) // s
+                        else (lo, hi) for (lo, hi), n, k, s, d in zip(pads, sizes[m], m.kernel_size, m.stride, m.dilation)]
             symmetric = all(a == b for a, b in pads)
             conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
                              padding=tuple(a for a, _ in pads) if symmetric else 0, dilation=m.dilation,
