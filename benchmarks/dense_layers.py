@@ -7,10 +7,15 @@ initialization an orthogonally initialized layer converges in one iteration and 
 than it is), then timed in interleaved rounds: in each round every implementation runs one
 train step (forward + backward + Adam step, batch 256) and one eval forward; the table
 reports the minimum over rounds (steadier than a median on a shared machine) and the ratio
-to ``nn.Linear``. ``max|σ−1|`` is measured on the layer's real eval-mode input–output map
-(impulse response: feed the identity basis, float64 SVD).
+to ``nn.Linear``. σ_min / σ_max are the singular values of the Jacobian of the layer's real
+eval-mode map at a random point (float64 SVD; for the linear layers, their weight; for the
+residual CPL / SLL layers, the Jacobian there), ``max|σ−1|`` its distance to an isometry.
+"peak MiB" is the memory held by tensors allocated during one forward + backward (the
+profiler's memory timeline, :func:`memory.peak_and_saved`; parameters and input excluded).
+Peers when installed: torch, deel-torchlip, orthogonium (``OrthoLinear`` presets,
+``SDPBasedLipschitzDense`` with an inner dimension equal to the features).
 
-Run:  python benchmarks/dense_layers.py [--sizes 256 1024] [--warmup 200] [--rounds 7]
+Run:  python benchmarks/dense_layers.py [--sizes 256 1024] [--warmup 200] [--rounds 7] [--threads 1]
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 import liplayers as L
+from memory import peak_and_saved
 
 warnings.filterwarnings("ignore")
 
@@ -40,6 +46,11 @@ def implementations(n: int) -> Dict[str, Callable[[], nn.Module]]:
         "torch orthogonal(matrix_exp)": lambda: P.orthogonal(nn.Linear(n, n), orthogonal_map="matrix_exp"),
         "torch orthogonal(cayley)": lambda: P.orthogonal(nn.Linear(n, n), orthogonal_map="cayley"),
         "torch orthogonal(householder)": lambda: P.orthogonal(nn.Linear(n, n), orthogonal_map="householder"),
+        "liplayers AOLLinear": lambda: L.AOLLinear(n, n),
+        "liplayers CPLLinear": lambda: L.CPLLinear(n),
+        "liplayers SLLLinear": lambda: L.SLLLinear(n),
+        "liplayers CholeskyLinear": lambda: L.CholeskyLinear(n, n),
+        "liplayers BROLinear": lambda: L.BROLinear(n, n),
     }
     try:
         from deel.torchlip import SpectralLinear as DeelSpectralLinear
@@ -57,6 +68,12 @@ def implementations(n: int) -> Dict[str, Callable[[], nn.Module]]:
                     lambda p=getattr(R, preset): OrthoLinear(n, n, ortho_params=p))
     except ImportError:
         pass
+    try:
+        from orthogonium.layers.conv.SLL.sll_layer import SDPBasedLipschitzDense
+
+        impls["orthogonium SDPBasedLipschitzDense"] = lambda: SDPBasedLipschitzDense(n, n, n)
+    except ImportError:
+        pass
     return impls
 
 
@@ -68,17 +85,18 @@ def train_step(model, opt, x, y):
 
 
 def singular_range(model: nn.Module, n: int) -> tuple:
-    """(σ_min, σ_max) of the eval-mode input–output map (impulse response, float64 SVD)."""
+    """(σ_min, σ_max) of the Jacobian of the eval-mode map at a random point (float64 SVD)."""
     model.eval()
-    with torch.no_grad():
-        eye = torch.eye(n)
-        jac = (model(eye) - model(torch.zeros(1, n))).double()  # rows: W e_i
-        s = torch.linalg.svdvals(jac)
+    x0 = torch.randn(1, n, generator=torch.Generator().manual_seed(0))
+    x = x0.expand(n, n).clone().requires_grad_(True)
+    (jac,) = torch.autograd.grad(model(x), x, torch.eye(n))  # row i: ∂y_i/∂x (batch rows independent)
+    s = torch.linalg.svdvals(jac.double())
     model.train()
     return float(s.min()), float(s.max())
 
 
-def run(n: int, batch: int, warmup: int, rounds: int, only=None, warmup_seconds: float = 60.0) -> list:
+def run(n: int, batch: int, warmup: int, rounds: int, only=None, warmup_seconds: float = 60.0,
+        memory: bool = True) -> list:
     torch.manual_seed(0)
     target = torch.randn(n, n) / n**0.5
     data = [torch.randn(batch, n) for _ in range(8)]
@@ -122,7 +140,11 @@ def run(n: int, batch: int, warmup: int, rounds: int, only=None, warmup_seconds:
     for name, m in models.items():
         m(data[0])
         smin, smax = singular_range(m, n)
-        rows.append({
+        try:
+            peak = peak_and_saved(m, data[0])[0] if memory else float("nan")
+        except Exception:  # noqa: BLE001 - the profiler's memory timeline fails on some modules
+            peak = float("nan")
+        rows.append({"peak_mib": peak,
             "size": n, "layer": name, "warmup_steps": steps_done[name],
             "train_ms": 1e3 * min(times[name]), "train_ratio": min(times[name]) / base_t,
             "eval_ms": 1e3 * min(evals[name]), "eval_ratio": min(evals[name]) / base_e,
@@ -140,18 +162,23 @@ def main(argv=None):
     ap.add_argument("--warmup-seconds", type=float, default=60.0,
                     help="cap on each implementation's warm-up time (slow peers get fewer steps; reported)")
     ap.add_argument("--only", nargs="*", help="substrings of layer names to keep (nn.Linear always kept)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the profiler's peak-memory pass")
     ap.add_argument("--json", help="write the rows to this JSON file")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     only = (args.only + ["nn.Linear"]) if args.only else None
     rows = []
     for n in args.sizes:
-        rows += run(n, args.batch, args.warmup, args.rounds, only, args.warmup_seconds)
+        rows += run(n, args.batch, args.warmup, args.rounds, only, args.warmup_seconds, not args.no_memory)
     print(f"\nthreads={torch.get_num_threads()}  batch={args.batch}  warm-up={args.warmup} Adam steps  rounds={args.rounds}")
-    print("| in=out | layer | warm-up steps | train step ms | × nn.Linear | eval fwd ms | × nn.Linear | σ_min | σ_max | max abs(σ−1) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| in=out | layer | warm-up steps | train step ms | × nn.Linear | eval fwd ms | × nn.Linear | peak MiB | "
+          "σ_min | σ_max | max abs(σ−1) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['layer']} | {r['warmup_steps']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
-              f"{r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | {r['sigma_min']:.6f} | {r['sigma_max']:.6f} | "
+              f"{r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | {r['peak_mib']:.1f} | {r['sigma_min']:.6f} | {r['sigma_max']:.6f} | "
               f"{r['max_abs_sigma_minus_1']:.1e} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -107,24 +107,99 @@ def exp_terms_for_tolerance(a: float, tol: float, max_terms: int = 60) -> int:
                      f"for tolerance {tol:g}")
 
 
+def _same_conv(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
+    if mode == "circular":
+        return circular_conv2d(x, kernel)
+    return F.conv2d(x, kernel, None, 1, (kernel.shape[-2] // 2, kernel.shape[-1] // 2))
+
+
+class _ConvExponential(torch.autograd.Function):
+    """Horner evaluation of the truncated series with a hand-written backward (channels-last).
+
+    With p_{k+1} = x and p_i = x + (A/i) p_{i+1} (A the convolution with K), y = p_1 and, for
+    g_1 = ∂L/∂y and g_{i+1} = (A/i)ᵀ g_i: ∂L/∂K = Σ_i (1/i) ∂⟨g_i, K p_{i+1}⟩/∂K (one kernel
+    gradient per term), ∂L/∂x = Σ_i g_i + (A/k)ᵀ g_k. Every tensor is kept channels-last, so
+    each term costs one convolution forward, one kernel gradient and one input gradient of the
+    convolution library's fastest layout, with no format conversion inside the loop.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, terms, mode):  # type: ignore[override]
+        fmt = torch.channels_last
+        xc = x.contiguous(memory_format=fmt)
+        ph, pw = kernel.shape[-2] // 2, kernel.shape[-1] // 2
+        saved, z = [], xc
+        for i in range(terms, 0, -1):
+            k_i = kernel / float(i)
+            if mode == "circular":
+                zp = F.pad(z, (pw, pw, ph, ph), mode="circular")
+                saved.append(zp)
+                t = F.conv2d(zp, k_i)
+            else:
+                saved.append(z)
+                t = F.conv2d(z, k_i, None, 1, (ph, pw))
+            z = xc + t
+        ctx.save_for_backward(kernel, *saved)
+        ctx.conf = (terms, mode, x.is_contiguous())
+        return z.contiguous() if x.is_contiguous() else z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):  # type: ignore[override]
+        kernel, *saved = ctx.saved_tensors
+        terms, mode, contiguous = ctx.conf
+        need_x, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ph, pw = kernel.shape[-2] // 2, kernel.shape[-1] // 2
+        kt = transpose_kernel(kernel)
+        g = gy.contiguous(memory_format=torch.channels_last)
+        gx = g.clone() if need_x else None
+        gk = torch.zeros_like(kernel) if need_k else None
+        for i in range(1, terms + 1):  # saved[terms - i] is p_{i+1}, the input of the i-th convolution
+            inp = saved[terms - i]
+            last = i == terms
+            if need_k:
+                pad = (0, 0) if mode == "circular" else (ph, pw)
+                gk_i = torch.ops.aten.convolution_backward(g, inp, kernel, None, [1, 1], list(pad), [1, 1], False,
+                                                           [0, 0], 1, [False, True, False])[1]
+                gk.add_(gk_i, alpha=1.0 / i)
+            if last and not need_x:
+                break
+            if mode == "circular":
+                g = F.conv2d(F.pad(g, (pw, pw, ph, ph), mode="circular"), kt / float(i))
+            else:
+                g = torch.ops.aten.convolution_backward(g, inp, kernel / float(i), None, [1, 1], [ph, pw], [1, 1],
+                                                        False, [0, 0], 1, [True, False, False])[0]
+            if need_x:
+                gx.add_(g)
+        if gx is not None and contiguous:
+            gx = gx.contiguous()
+        return gx, gk, None, None
+
+
 def conv_exponential(x: Tensor, kernel: Tensor, terms: int, padding_mode: str = "zeros") -> Tensor:
     """Σ_{i≤terms} Aⁱx / i! with A the stride-1 'same' convolution with ``kernel`` (odd size).
 
-    Shapes: x (B, c, H, W), kernel (c, c, kh, kw) → (B, c, H, W). Differentiable.
+    Evaluated by Horner's rule, x + (A/1)(x + (A/2)(x + … (x + (A/k) x))): the factors 1/i
+    scale the (small) kernel instead of the activations. When a gradient is needed, one
+    autograd node with a hand-written backward keeps every activation channels-last (faster
+    convolutions and input gradients on CPU); the result has the memory format of ``x``.
+    Equal to the term-by-term sum in exact arithmetic.
+
+    Shapes: x (B, c, H, W), kernel (c, c, kh, kw) → (B, c, H, W). Differentiable (once).
     """
     kh, kw = kernel.shape[-2:]
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"conv_exponential needs odd kernel sizes, got {(kh, kw)}")
     if padding_mode not in ("zeros", "circular"):
         raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
-    pad = (kh // 2, kw // 2)
-    z = term = x
-    for i in range(1, terms + 1):
-        if padding_mode == "circular":
-            term = circular_conv2d(term, kernel) / float(i)
-        else:
-            term = F.conv2d(term, kernel, None, 1, pad) / float(i)
-        z = z + term
+    if terms < 1:
+        return x
+    if (torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad) and x.dim() == 4
+            and kernel.shape[0] == kernel.shape[1] == x.shape[1] and not torch.jit.is_tracing()):
+        return _ConvExponential.apply(x, kernel, terms, padding_mode)
+    z = x
+    for i in range(terms, 0, -1):
+        z = x + _same_conv(z, kernel / float(i), padding_mode)
     return z
 
 

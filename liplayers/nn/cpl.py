@@ -208,6 +208,64 @@ def _conv_norm(kernel: Tensor, grid: Tuple[int, int], with_gradient: bool) -> Tu
         return c, r
 
 
+def _gram_symbol(kernel: Tensor, grid: Tuple[int, int]) -> Tensor:
+    """G(ω) = K̂(ω)ᴴK̂(ω) of the smaller side on the half grid of ``conv_symbol(…, half=True)``
+    (complex128, (Gh, Gw//2+1, n, n)), from the kernel's autocorrelation: G(ω) = Σ_d C_d e^{−i d·ω}
+    with C_d = Σ_{b−a=d} K_aᵀK_b (one product for all pairs of taps, then one (F, D)·(D, n²)
+    product for the D offsets and F frequencies) instead of F complex n×n products."""
+    k = kernel.detach().to(torch.float64)
+    if k.shape[0] < k.shape[1]:
+        k = k.transpose(0, 1)  # ‖K̂‖ = ‖K̂ᵀ‖, and K̂ᵀ is the symbol of the channel-swapped kernel
+    o, n, kh, kw = k.shape
+    kf = k.permute(0, 2, 3, 1).reshape(o, kh * kw * n)
+    m = (kf.T @ kf).reshape(kh, kw, n, kh, kw, n)  # m[a, :, b, :] = K_aᵀ K_b
+    c = k.new_zeros(2 * kh - 1, 2 * kw - 1, n, n)
+    for ah in range(kh):
+        for aw in range(kw):
+            for bh in range(kh):
+                c[bh - ah + kh - 1, kw - 1 - aw: 2 * kw - 1 - aw] += m[ah, aw, :, bh].permute(1, 0, 2)
+    gh, gw = int(grid[0]), int(grid[1])
+    dev = k.device
+    dh = torch.arange(-(kh - 1), kh, device=dev)
+    dw = torch.arange(-(kw - 1), kw, device=dev)
+    jh = torch.arange(gh, device=dev)
+    jw = torch.arange(gw // 2 + 1, device=dev)
+    th = 2 * math.pi * torch.remainder(jh[:, None] * dh[None, :], gh).to(torch.float64) / gh  # (Gh, Dh)
+    tw = 2 * math.pi * torch.remainder(jw[:, None] * dw[None, :], gw).to(torch.float64) / gw  # (Gw', Dw)
+    theta = (th[:, None, :, None] + tw[None, :, None, :]).reshape(gh * (gw // 2 + 1), -1)  # (F, D)
+    cf = c.reshape(-1, n * n)
+    g = torch.complex(torch.cos(theta) @ cf, -(torch.sin(theta) @ cf))
+    return g.reshape(gh, gw // 2 + 1, n, n)
+
+
+def _exact_norm(kernel: Tensor, grid: Tuple[int, int]) -> Tuple[float, int]:
+    """(exact norm × (1 + 1e-9) of the circular convolution on ``grid``, flat half-grid index of the
+    frequency where it is reached), from the float64 eigenvalues of :func:`_gram_symbol`."""
+    g = _gram_symbol(kernel, grid)
+    top = torch.linalg.eigvalsh(g.reshape(-1, *g.shape[-2:]))[..., -1]
+    flat = int(top.argmax())
+    c = math.sqrt(max(float(top[flat]), 0.0)) * _MARGIN
+    if not math.isfinite(c):
+        raise ValueError("the convolution kernel contains non-finite values (NaN or Inf)")
+    return c, flat
+
+
+def _top_pair_gradient(kernel: Tensor, grid: Tuple[int, int], flat: int) -> Tensor:
+    """R (shape of the kernel) with σ_max(K̂(ω*)) = ⟨K, R⟩ at the half-grid frequency ``flat``:
+    R = Re(ū_o v_i e^{−i a·ω*}) from the top singular pair (the gradient of σ_max there)."""
+    with torch.no_grad():
+        k64 = kernel.detach().to(torch.float64)
+        o, i, kh, kw = k64.shape
+        jh, jw = divmod(flat, grid[1] // 2 + 1)
+        dev = k64.device
+        ph = 2 * math.pi * torch.remainder(torch.arange(kh, device=dev) * jh, grid[0]).to(torch.float64) / grid[0]
+        pw = 2 * math.pi * torch.remainder(torch.arange(kw, device=dev) * jw, grid[1]).to(torch.float64) / grid[1]
+        phase = torch.polar(torch.ones(kh, kw, dtype=torch.float64, device=dev), -(ph[:, None] + pw[None, :]))
+        sym = torch.einsum("oiab,ab->oi", k64.to(torch.complex128), phase)
+        u, _, vh = torch.linalg.svd(sym)
+        return (u[:, 0].conj()[:, None, None, None] * vh[0].conj()[None, :, None, None] * phase).real
+
+
 # ---- dense ----------------------------------------------------------------------------------
 class CPLLinear(LipschitzModule):
     r"""Dense convex potential layer h(x) = x − (2/c²) Wᵀ ReLU(Wx + b), c ≥ ‖W‖₂ guaranteed.
@@ -358,7 +416,9 @@ class CPLConv2d(LipschitzModule):
     @torch.compiler.disable
     def _train_tau(self, hw: Sequence[int]) -> Tensor:
         w = self.weight
-        c, r = _conv_norm(w, self._grid(hw), True)
+        grid = self._grid(hw)
+        c, flat = _exact_norm(w, grid)
+        r = _top_pair_gradient(w, grid, flat)
         tau, c = _inverse_square(c, w)
         return _with_gradient(tau, c, (w * r.to(w.dtype)).sum())
 

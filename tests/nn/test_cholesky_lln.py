@@ -209,3 +209,25 @@ def test_row_normalized_register_function_and_errors():
     bad.eval()
     with pytest.raises(ValueError):
         bad(torch.randn(1, 2))
+
+
+def _cholesky_reference(v):
+    """W = V L⁻ᵀ (tall) or L⁻¹V (wide) with autograd through the Gram matrix, Cholesky and solve."""
+    tall = v.shape[-2] >= v.shape[-1]
+    chol = torch.linalg.cholesky(v.mT @ v if tall else v @ v.mT)
+    if tall:
+        return torch.linalg.solve_triangular(chol.mT, v, upper=True, left=False)
+    return torch.linalg.solve_triangular(chol, v, upper=False)
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (9, 4), (4, 9), (3, 6, 5), (3, 5, 6)])
+def test_cholesky_hand_written_backward_equals_autograd(shape):
+    torch.manual_seed(sum(shape))
+    v = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    w, ref = cholesky_orthonormalize(v), _cholesky_reference(v)
+    torch.testing.assert_close(w, ref, rtol=1e-13, atol=1e-13)
+    (got,) = torch.autograd.grad((w * g).sum(), v)
+    (want,) = torch.autograd.grad((ref * g).sum(), v)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(cholesky_orthonormalize, (v.detach()[..., :4, :3].clone().requires_grad_(),))

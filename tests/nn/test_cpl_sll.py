@@ -228,3 +228,18 @@ def test_without_bias(make, shape):
         getattr(layer, mode)()
         assert jacobian_norm(layer, x[:1]) <= 1 + 1e-9
     assert layer.lipschitz_bound(shape[1:]) >= jacobian_norm(layer.eval(), x[:1])
+
+
+@pytest.mark.parametrize("shape,grid", [((5, 5, 3, 3), (7, 9)), ((6, 4, 3, 3), (8, 8)), ((4, 6, 5, 5), (9, 10))])
+def test_cpl_training_normalizer_equals_the_reference_fft_norm_and_its_gradient(shape, grid):
+    """The autocorrelation route to the per-frequency Gram matrices gives the same exact norm and the
+    same top-singular-pair gradient as the symbol route (float64)."""
+    torch.manual_seed(sum(shape))
+    k = torch.randn(*shape, dtype=torch.float64)
+    c_ref, r_ref = cpl_module._conv_norm(k, grid, True)
+    c, flat = cpl_module._exact_norm(k, grid)
+    assert abs(c - c_ref) <= 1e-13 * c_ref
+    torch.testing.assert_close(cpl_module._top_pair_gradient(k, grid, flat), r_ref, rtol=1e-10, atol=1e-12)
+    sym = cpl_module.conv_symbol(k, grid, half=True)
+    gram = sym.mH @ sym if shape[0] >= shape[1] else (sym @ sym.mH).conj()
+    torch.testing.assert_close(cpl_module._gram_symbol(k, grid), gram, rtol=1e-12, atol=1e-12)

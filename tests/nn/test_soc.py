@@ -194,3 +194,33 @@ def test_soc_rejects_bad_inputs():
     m.eval()
     with pytest.raises(ValueError):
         m(torch.randn(1, 4, 8, 8))
+
+
+def _series_reference(x, k, terms, mode):
+    """The term-by-term sum Σ Aⁱx/i! with autograd through every convolution."""
+    z = term = x
+    for i in range(1, terms + 1):
+        conv = circular_conv2d(term, k) if mode == "circular" else F.conv2d(term, k, None, 1, k.shape[-1] // 2)
+        term = conv / float(i)
+        z = z + term
+    return z
+
+
+@pytest.mark.parametrize("mode", ["zeros", "circular"])
+@pytest.mark.parametrize("terms", [1, 3, 5])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_conv_exponential_values_and_gradients_equal_the_term_by_term_series(mode, terms, input_grad):
+    torch.manual_seed(terms)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=input_grad)
+    w = torch.randn(4, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    k = skew_kernel(w) * 0.3
+    g = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    y, ref = conv_exponential(x, k, terms, mode), _series_reference(x, k, terms, mode)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    inputs = [w] + ([x] if input_grad else [])
+    got = torch.autograd.grad((y * g).sum(), inputs, retain_graph=True)
+    want = torch.autograd.grad((ref * g).sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the no-grad (eval) path is the same series
+        torch.testing.assert_close(conv_exponential(x, k, terms, mode), ref.detach(), rtol=1e-12, atol=1e-12)
