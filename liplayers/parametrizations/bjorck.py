@@ -51,9 +51,22 @@ def _cheapest_order(e: float, tol: float, r: int, n: int, depth: int = 5) -> int
     return 5 if first(5) < first(3) else 3
 
 
-def _detached_copy(t: Tensor, v: Tensor) -> Tensor:
-    """``t``, cloned if it shares memory with the parameter ``v`` (which the optimizer modifies in place)."""
-    return t.clone() if t.untyped_storage().data_ptr() == v.untyped_storage().data_ptr() else t
+def _detached_copy(t: Tensor, v: Tensor, into: Optional[Tensor] = None) -> Tensor:
+    """``t``, cloned if it shares memory with the parameter ``v`` (which the optimizer modifies in
+    place) — into the tensor ``into`` when it has the same shape, dtype and device (no new memory)."""
+    if t.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
+        return t
+    if (into is not None and into.shape == t.shape and into.dtype == t.dtype and into.device == t.device
+            and into.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()):
+        return into.copy_(t)
+    return t.clone()
+
+
+def _distance(a: Tensor, b: Tensor, rows: int = 128) -> float:
+    """‖a − b‖_F, by blocks of rows (no temporary the size of the weight); float64 accumulation."""
+    if a.shape[0] <= rows:
+        return float(torch.dist(a, b))
+    return math.sqrt(sum(float(torch.dist(a[i:i + rows], b[i:i + rows])) ** 2 for i in range(0, a.shape[0], rows)))
 
 
 class BjorckOrthonormal(nn.Module):
@@ -350,7 +363,7 @@ class BjorckOrthonormal(nn.Module):
             if ref is not None and ref.shape == w.shape and ref.dtype == w.dtype:
                 if ref.device != w.device:  # loaded on another device
                     ref = self._anchor = ref.to(w.device)
-                d = float(torch.dist(w, ref))
+                d = _distance(w, ref)
                 if not math.isfinite(d):
                     raise ValueError("BjorckOrthonormal: the weight contains non-finite values (NaN or Inf)")
                 if d == 0.0:  # V is R itself (e.g. just reloaded): not a change of V
@@ -393,12 +406,21 @@ class BjorckOrthonormal(nn.Module):
     # optimizer step and kept using the un-retracted weight), so they always run eagerly
     # (``torch.compiler.disable``; one graph break per layer, a few small matrix products).
     @torch.compiler.disable
-    def _train_weight(self, v: Tensor) -> Tensor:
-        """The training weight V / max(1, b); retracts V in place first when one is due."""
+    def train_scale(self, v: Tensor) -> Optional[float]:
+        """Retract mode, training: 1/max(1, b) for the stored parameter ``v`` (retracting it in place
+        first when one is due), so that the training weight is ``v * train_scale(v)``; None in
+        the differentiable mode. A layer may apply the scale to its output instead of the weight
+        (``BjorckLinear`` does: no copy of the weight per step)."""
+        if self.mode != "retract":
+            return None
         if self._train_key != _version_key(v):
             self._train_scale = self._update(v)
             self._train_key = _version_key(v)
-        s = self._train_scale
+        return self._train_scale
+
+    def _train_weight(self, v: Tensor) -> Tensor:
+        """The training weight V / max(1, b); retracts V in place first when one is due."""
+        s = self.train_scale(v)
         return v if s == 1.0 else v * s
 
     @torch.compiler.disable
