@@ -11,6 +11,11 @@ Table 1 (MNIST rows), scaled to a CPU:
   (:class:`liplayers.losses.HellingerLoss`, λ = 12; Picot et al.'s appendix);
 * inner maximization: L∞ PGD at ε = 0.3 with random start — the paper uses 40 steps of 0.01
   (``--train-steps 40 --train-step-size 0.01``); the CPU default is fewer, larger steps;
+* ε warm-up (``--eps-warmup F``): the training radius of every adversarial objective (Madry,
+  TRADES, FIRE, Hellinger alike) rises linearly from 0 to ε over the first fraction F of the
+  optimizer steps (:class:`liplayers.losses.EpsilonRamp`), then stays at ε. Without it (F = 0, the
+  default) PGD adversarial training at ε = 0.3 from the first step stays at chance on a short
+  budget; long runs of the reference code of Madry et al. get past this plateau by training long;
 * optimizer: SGD, momentum 0.9 (Nesterov), weight decay 5·10⁻⁴, learning rate divided by 10
   at 75 % and 90 % of the epochs (the paper: 0.01, 100 epochs, batch 256, all 60,000 images; the
   CPU default 0.05, since at 0.01 the network does not leave its initial plateau in ~100 steps);
@@ -48,7 +53,7 @@ import torch.nn.functional as F  # noqa: E402
 from _common import Timer, make_parser, plt, print_table, save_figure, setup, write_results  # noqa: E402
 from _mnist_common import (accuracy, add_data_args, autoattack_correct, fmt_ms, have_torchattacks,  # noqa: E402
                            load_data, mean_std, median, pgd_correct, small_cnn, time_interleaved, train)
-from liplayers.losses import FIRELoss, HellingerLoss, TRADESLoss  # noqa: E402
+from liplayers.losses import EpsilonRamp, FIRELoss, HellingerLoss, TRADESLoss  # noqa: E402
 from liplayers.regularizers.adversarial import AdversarialTrainingLoss  # noqa: E402
 
 METHODS = ("CE", "Madry AT", "TRADES", "FIRE", "Hellinger")
@@ -72,6 +77,30 @@ def make_loss(method: str, args, gen: torch.Generator):
     if method == "Hellinger":
         return HellingerLoss(lam=args.hellinger_lambda, **kw)
     raise ValueError(f"unknown method {method!r}")
+
+
+def set_train_eps(loss, eps: float) -> None:
+    """Set the training radius of an adversarial objective (``set_eps`` when the loss has it)."""
+    setter = getattr(loss, "set_eps", None)
+    if callable(setter):
+        setter(eps)
+    elif hasattr(loss, "eps"):
+        loss.eps = float(eps)
+
+
+def eps_warmup_hook(loss, args, n_train: int):
+    """``after_step`` callback ramping ε from 0 over the first ``args.eps_warmup`` of the steps (None: no ramp)."""
+    if not args.eps_warmup or not hasattr(loss, "eps"):
+        return None
+    total = args.epochs * -(-n_train // args.batch_size)
+    ramp = EpsilonRamp(0.0, args.eps, args.eps_warmup * total)
+    step = [0]
+    set_train_eps(loss, ramp(0))
+
+    def after_step():
+        step[0] += 1
+        set_train_eps(loss, ramp(step[0]))
+    return after_step
 
 
 def sgd(model, args):
@@ -123,6 +152,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("--lr", type=float, default=0.05,
                    help="initial learning rate (paper 0.01 over 100 epochs; 0.01 stays on the initial plateau for the ~100 steps of a CPU run)")
     p.add_argument("--eps", type=float, default=0.3, help="L∞ radius of training and evaluation")
+    p.add_argument("--eps-warmup", type=float, default=0.0,
+                   help="fraction of the training steps over which the training ε of every adversarial "
+                        "method rises linearly from 0 (0: full ε from the first step)")
     p.add_argument("--train-steps", type=int, default=None, help="inner PGD steps (default 3; paper 40)")
     p.add_argument("--train-step-size", type=float, default=None, help="inner PGD step (default 2.5·ε/steps; paper 0.01)")
     p.add_argument("--trades-lambda", type=float, default=6.0)
@@ -148,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args.timing_rounds = args.timing_rounds or (1 if q else 10)
     eval_steps = 5 if q else 40
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not 0.0 <= args.eps_warmup <= 1.0:
+        p.error(f"--eps-warmup must be in [0, 1], got {args.eps_warmup}")
     for m in methods:
         if m not in METHODS:
             p.error(f"unknown method {m!r}; expected a subset of {METHODS}")
@@ -165,9 +199,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 gen = torch.Generator(device=device).manual_seed(seed)
                 model = small_cnn().to(device)
                 opt, sched = sgd(model, args)
-                hist = train(model, make_loss(method, args, gen), x_tr, y_tr, epochs=args.epochs,
+                loss = make_loss(method, args, gen)
+                hist = train(model, loss, x_tr, y_tr, epochs=args.epochs,
                              batch_size=args.batch_size, optimizer=opt, scheduler=sched, seed=seed,
-                             desc=f"{method} seed {seed}")
+                             after_step=eps_warmup_hook(loss, args, x_tr.shape[0]), desc=f"{method} seed {seed}")
                 xe, ye = x_te[:n_eval], y_te[:n_eval]
                 ok = pgd_correct(model, xe, ye, args.eps, steps=eval_steps, step_size=0.01 if not q else None,
                                  seed=1000 + seed)
@@ -194,7 +229,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
             r["paper natural / AA"] = f"{PAPER[m][0] / 100:.4f} / {PAPER[m][1] / 100:.4f}"
         summary.append(r)
     title = (f"{data_desc}, small CNN, SGD lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}, "
-             f"inner PGD {args.train_steps} steps at L∞ ε = {args.eps}; mean ± std over {n_seeds} seeds; "
+             f"inner PGD {args.train_steps} steps at L∞ ε = {args.eps}"
+             + (f" (ε ramped from 0 over the first {args.eps_warmup:.0%} of the steps)" if args.eps_warmup else "")
+             + f"; mean ± std over {n_seeds} seeds; "
              f"PGD-{eval_steps} on {min(n_eval, len(x_te))} and AutoAttack ({aa_version}) on "
              f"{min(n_aa, n_eval, len(x_te))} test images")
     print_table(summary, ["method", "clean", "PGD-40", "AutoAttack", "s/epoch", "paper natural / AA"], digits=3,

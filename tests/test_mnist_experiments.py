@@ -60,7 +60,8 @@ def _mnist_dir():
 
 
 def test_fire_trades_synthetic(tmp_path):
-    res, disk = _run("mnist_fire_trades", tmp_path, "--synthetic")
+    res, disk = _run("mnist_fire_trades", tmp_path, "--synthetic", "--eps-warmup", "0.5")
+    assert disk["config"]["eps_warmup"] == 0.5
     assert {r["method"] for r in disk["summary"]} == {"CE", "Madry AT", "TRADES", "FIRE", "Hellinger"}
     for method, runs in res["runs"].items():
         for r in runs:
