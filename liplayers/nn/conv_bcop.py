@@ -221,8 +221,21 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
                 return F.conv2d(input, weight, bias, self.stride, (pt, pl), self.dilation)
             if self.stride == (1, 1):  # circular 'same', symmetric: direct adjoint in backward
                 return circular_conv2d(input, weight, bias, self.dilation)
+        if self.padding_mode == "zeros":
+            # asymmetric zeros (e.g. (0, 2) for a 4×4 stride-2 'same' kernel): a symmetric padding
+            # P = lo + s·m ≥ hi and the output cropped by m windows — no padded copy of the input
+            return self._cropped_conv(input, weight, bias, ((pt, pb), (pl, pr)))
         mode = "constant" if self.padding_mode == "zeros" else "circular"
         return F.conv2d(F.pad(input, (pl, pr, pt, pb), mode=mode), weight, bias, self.stride, 0, self.dilation)
+
+    def _cropped_conv(self, input: Tensor, weight: Tensor, bias: Optional[Tensor], pads) -> Tensor:
+        sym, crops = [], []
+        for n, k, (lo, hi), s, d in zip(input.shape[-2:], weight.shape[-2:], pads, self.stride, self.dilation):
+            m = max(0, -(-(hi - lo) // s))
+            sym.append(lo + s * m)
+            crops.append((m, m + (n + lo + hi - d * (k - 1) - 1) // s + 1))
+        y = F.conv2d(input, weight, bias, self.stride, tuple(sym), self.dilation)
+        return y[..., crops[0][0]:crops[0][1], crops[1][0]:crops[1][1]]
 
     def _unread_padding(self, size, kernel) -> Tuple[int, int]:
         """Bottom/right zero padding, lowered to the top/left amount where no window reads the rest."""
