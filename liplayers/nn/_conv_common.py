@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..functional.conv import _spatial
 from ..functional.padding import _pair
 from ..parametrizations._common import orthogonal_init_
 
@@ -20,6 +21,15 @@ def _positive_int(layer: str, name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
     return v
+
+
+def _input_hw(layer: nn.Module, input_shape, channels=None) -> Tuple[int, int]:
+    """(H, W) of one sample's ``input_shape`` ((C, H, W) or (H, W)), checking C against ``channels``."""
+    hw = _spatial(input_shape)
+    shape = tuple(int(v) for v in input_shape)
+    if channels is not None and len(shape) == 3 and shape[0] != channels:
+        raise ValueError(f"{type(layer).__name__}: input_shape {shape} has {shape[0]} channels, expected {channels}")
+    return hw
 
 
 def _check_padding_mode(mode: str, allowed: Sequence[str], layer: str) -> None:

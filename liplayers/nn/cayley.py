@@ -11,7 +11,7 @@ from ..functional.skew import cayley, fft_symbol, spectral_conv2d
 from ..lipschitz import InputShapeRequiredError, LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ..utils import accepts_renamed_kwargs
-from ._conv_common import _kaiming_reset
+from ._conv_common import _input_hw, _kaiming_reset
 from .soc import Size2, _check_same_conv
 
 __all__ = ["CayleyConv2d"]
@@ -116,12 +116,7 @@ class _FourierConv2d(LipschitzModule):
         if input_shape is None:
             raise ValueError(f"{type(self).__name__}: the operator depends on the input size; pass input_shape "
                              "(C, H, W) to lipschitz_bound")
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
-            raise ValueError(f"input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
-        if len(shape) == 3 and shape[0] != self.in_channels:
-            raise ValueError(f"input_shape {shape} has {shape[0]} channels, expected {self.in_channels}")
-        q = self.eval_symbol(self._grid(shape[-2:])).to(torch.complex128)
+        q = self.eval_symbol(self._grid(_input_hw(self, input_shape, self.in_channels))).to(torch.complex128)
         return float(torch.linalg.matrix_norm(q, ord=2).max()) * (1.0 + 1e-9)
 
     def to_torch(self, input_shape=None) -> nn.Conv2d:
@@ -153,12 +148,7 @@ class _FourierConv2d(LipschitzModule):
             raise InputShapeRequiredError(
                 f"{type(self).__name__}.to_torch: the equivalent nn.Conv2d has an H×W kernel that depends on the "
                 "input size; pass input_shape=(C, H, W)")
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
-            raise ValueError(f"input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
-        if len(shape) == 3 and shape[0] != self.in_channels:
-            raise ValueError(f"input_shape {shape} has {shape[0]} channels, expected {self.in_channels}")
-        h, w = shape[-2:]
+        h, w = _input_hw(self, input_shape, self.in_channels)
         grid = self._grid((h, w))
         q = self.eval_symbol(grid)
         dtype = q.real.dtype

@@ -195,7 +195,7 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
-        """The kernel used now (out, in, s·k_c, s·k_c): differentiable in training, cached in eval."""
+        """The kernel used now (s·k_c × s·k_c taps): differentiable in training, cached in eval."""
         if self.training:
             self._retract_if_changed()
             return self._kernel(self.ortho, self.projectors)
@@ -203,7 +203,8 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
 
     @weight.setter
     def weight(self, value) -> None:
-        raise AttributeError("OrthoConv2d.weight is read-only: it is built from the parameters ortho and projectors")
+        raise AttributeError(f"{type(self).__name__}.weight is read-only: it is built from the parameters ortho and "
+                             "projectors")
 
     def eval_weight(self) -> Tensor:
         """The kernel used in eval mode (detached), without changing the mode."""
@@ -212,39 +213,28 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
     # -- forward ----------------------------------------------------------------------------
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         (pt, pb), (pl, pr) = self._pads
-        if self.padding_mode == "zeros" and (pb > pt or pr > pl):
-            # zero padding past the last window is never read: when the windows of the symmetric
-            # padding (pt, pt) are the same, pass it to the convolution instead of copying the input
-            pb, pr = self._unread_padding(input.shape[-2:], weight.shape[-2:])
-        if pt == pb and pl == pr:
-            if self.padding_mode == "zeros":
-                return F.conv2d(input, weight, bias, self.stride, (pt, pl), self.dilation)
-            if self.stride == (1, 1):  # circular 'same', symmetric: direct adjoint in backward
-                return circular_conv2d(input, weight, bias, self.dilation)
         if self.padding_mode == "zeros":
-            # asymmetric zeros (e.g. (0, 2) for a 4×4 stride-2 'same' kernel): a symmetric padding
-            # P = lo + s·m ≥ hi and the output cropped by m windows — no padded copy of the input
-            return self._cropped_conv(input, weight, bias, ((pt, pb), (pl, pr)))
-        mode = "constant" if self.padding_mode == "zeros" else "circular"
-        return F.conv2d(F.pad(input, (pl, pr, pt, pb), mode=mode), weight, bias, self.stride, 0, self.dilation)
+            if pt == pb and pl == pr:
+                return F.conv2d(input, weight, bias, self.stride, (pt, pl), self.dilation)
+            return self._cropped_conv(input, weight, bias)
+        if pt == pb and pl == pr and self.stride == (1, 1):  # circular 'same': direct adjoint in backward
+            return circular_conv2d(input, weight, bias, self.dilation)
+        return F.conv2d(F.pad(input, (pl, pr, pt, pb), mode="circular"), weight, bias, self.stride, 0, self.dilation)
 
-    def _cropped_conv(self, input: Tensor, weight: Tensor, bias: Optional[Tensor], pads) -> Tensor:
+    def _cropped_conv(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """Asymmetric zero padding (lo, hi) (e.g. (0, 2) for a 4×4 stride-2 'same' kernel) without a padded
+        copy of the input: the symmetric padding lo when no window reads the extra zeros, else
+        P = lo + s·m ≥ hi with the output cropped by m windows."""
         sym, crops = [], []
-        for n, k, (lo, hi), s, d in zip(input.shape[-2:], weight.shape[-2:], pads, self.stride, self.dilation):
-            m = max(0, -(-(hi - lo) // s))
+        for n, k, (lo, hi), s, d in zip(input.shape[-2:], weight.shape[-2:], self._pads, self.stride, self.dilation):
+            reach = d * (k - 1) + 1
+            n_out = (n + lo + hi - reach) // s + 1
+            unread = hi > lo and n + 2 * lo >= reach and (n + 2 * lo - reach) // s + 1 == n_out
+            m = 0 if unread else max(0, -(-(hi - lo) // s))
             sym.append(lo + s * m)
-            crops.append((m, m + (n + lo + hi - d * (k - 1) - 1) // s + 1))
+            crops.append((m, m + n_out))
         y = F.conv2d(input, weight, bias, self.stride, tuple(sym), self.dilation)
         return y[..., crops[0][0]:crops[0][1], crops[1][0]:crops[1][1]]
-
-    def _unread_padding(self, size, kernel) -> Tuple[int, int]:
-        """Bottom/right zero padding, lowered to the top/left amount where no window reads the rest."""
-        out = []
-        for n, k, (lo, hi), s, d in zip(size, kernel, self._pads, self.stride, self.dilation):
-            reach = d * (k - 1) + 1
-            same = hi > lo and (n + lo + hi - reach) // s == (n + 2 * lo - reach) // s and n + 2 * lo >= reach
-            out.append(lo if same else hi)
-        return out[0], out[1]
 
     def _check_input(self, input: Tensor) -> None:
         if input.dim() != 4 or input.shape[1] != self.in_channels:

@@ -156,19 +156,7 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
     _retract_if_changed = OrthoConv2d._retract_if_changed
     _eval_kernel = OrthoConv2d._eval_kernel
     eval_weight = OrthoConv2d.eval_weight
-
-    @property
-    def weight(self) -> Tensor:  # type: ignore[override]
-        """The kernel used now (in, out, s·k_c, s·k_c): differentiable in training, cached in eval."""
-        if self.training:
-            self._retract_if_changed()
-            return self._kernel(self.ortho, self.projectors)
-        return self._eval_kernel()
-
-    @weight.setter
-    def weight(self, value) -> None:
-        raise AttributeError("OrthoConvTranspose2d.weight is read-only: it is built from the parameters ortho and "
-                             "projectors")
+    weight = OrthoConv2d.weight  # (in, out, s·k_c, s·k_c) here: the kernel of the adjoint convolution
 
     def _circular_plans(self) -> List[Tuple[int, int, int, int]]:
         return [_circular_plan(self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i])

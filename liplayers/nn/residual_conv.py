@@ -12,7 +12,7 @@ from ..functional.skew import transpose_kernel
 from ..lipschitz import InputShapeRequiredError, LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ..utils import accepts_renamed_kwargs, renamed_attribute
-from ._conv_common import _kaiming_reset, _plain_conv2d, _positive_int
+from ._conv_common import _input_hw, _kaiming_reset, _plain_conv2d, _positive_int
 from .soc import Size2, _check_same_conv
 
 __all__ = ["LinearResidualConv2d"]
@@ -123,10 +123,7 @@ class LinearResidualConv2d(LipschitzModule):
             raise InputShapeRequiredError(
                 "LinearResidualConv2d: the kernel is normalized at the input size, which is not known yet: pass "
                 "input_shape=(C, H, W), input_size=(H, W) at construction, or run a forward")
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
-            raise ValueError(f"LinearResidualConv2d: input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
-        return (shape[-2], shape[-1])
+        return _input_hw(self, input_shape)
 
     def _grid(self, size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
         if size is None:

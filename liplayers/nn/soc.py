@@ -21,7 +21,7 @@ from ..functional.skew import (
 from ..lipschitz import InputShapeRequiredError, LipschitzModule
 from ..parametrizations._common import compute_dtype, version_key
 from ..utils import accepts_renamed_kwargs, renamed_attribute
-from ._conv_common import _positive_int
+from ._conv_common import _input_hw, _positive_int
 
 __all__ = ["SOCConv2d"]
 
@@ -262,15 +262,11 @@ class SOCConv2d(LipschitzModule):
         k, terms, a = self._eval_cache()
         if input_shape is None:
             return (1.0 + exp_tail_bound(a, terms)) * (1.0 + 1e-9)
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
-            raise ValueError(f"SOCConv2d: input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
-        if len(shape) == 3 and shape[0] != self.in_channels:
-            raise ValueError(f"SOCConv2d: input_shape {shape} has {shape[0]} channels, expected {self.in_channels}")
+        hw = _input_hw(self, input_shape, self.in_channels)
         if self.padding_mode == "circular":
-            sym = self.eval_symbol(shape[-2:]).to(torch.complex128)
+            sym = self.eval_symbol(hw).to(torch.complex128)
             return float(torch.linalg.matrix_norm(sym, ord=2).max()) * (1.0 + 1e-9)
-        a = min(a, conv2d_lipschitz_bound(k, shape[-2:], 1, "same", 1, self.padding_mode))
+        a = min(a, conv2d_lipschitz_bound(k, hw, 1, "same", 1, self.padding_mode))
         return (1.0 + exp_tail_bound(a, terms)) * (1.0 + 1e-9)
 
     def to_torch(self, input_shape=None) -> nn.Conv2d:
@@ -313,17 +309,13 @@ class SOCConv2d(LipschitzModule):
             raise InputShapeRequiredError(
                 "SOCConv2d.to_torch: torch's circular padding limits the composed kernel to large enough inputs "
                 "(smaller ones need it folded); pass input_shape=(C, H, W)")
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) not in (2, 3) or min(shape[-2:]) < 1:
-            raise ValueError(f"SOCConv2d: input_shape must be (C, H, W) or (H, W), got {tuple(input_shape)}")
-        if len(shape) == 3 and shape[0] != self.in_channels:
-            raise ValueError(f"SOCConv2d: input_shape {shape} has {shape[0]} channels, expected {self.in_channels}")
+        h, w = _input_hw(self, input_shape, self.in_channels)
         k, terms, _ = self._eval_cache()
         kh, kw = (1 + terms * (k.shape[-2] - 1), 1 + terms * (k.shape[-1] - 1))
         from .cayley import _impulse_kernel  # the impulse response of a Fourier-domain map as a conv kernel
 
-        if kh // 2 > shape[-2] or kw // 2 > shape[-1]:
-            grid = (shape[-2], shape[-1])
+        if kh // 2 > h or kw // 2 > w:
+            grid = (h, w)
             sym, padding = self.eval_symbol(grid), "same"
         else:
             grid = (kh, kw)

@@ -51,15 +51,9 @@ def _cheapest_order(e: float, tol: float, r: int, n: int, depth: int = 5) -> int
     return 5 if first(5) < first(3) else 3
 
 
-def _detached_copy(t: Tensor, v: Tensor, into: Optional[Tensor] = None) -> Tensor:
-    """``t``, cloned if it shares memory with the parameter ``v`` (which the optimizer modifies in
-    place) — into the tensor ``into`` when it has the same shape, dtype and device (no new memory)."""
-    if t.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
-        return t
-    if (into is not None and into.shape == t.shape and into.dtype == t.dtype and into.device == t.device
-            and into.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()):
-        return into.copy_(t)
-    return t.clone()
+def _detached_copy(t: Tensor, v: Tensor) -> Tensor:
+    """``t``, cloned if it shares memory with the parameter ``v`` (which the optimizer modifies in place)."""
+    return t.clone() if t.untyped_storage().data_ptr() == v.untyped_storage().data_ptr() else t
 
 
 def _distance(a: Tensor, b: Tensor, rows: int = 128) -> float:
@@ -406,21 +400,12 @@ class BjorckOrthonormal(nn.Module):
     # optimizer step and kept using the un-retracted weight), so they always run eagerly
     # (``torch.compiler.disable``; one graph break per layer, a few small matrix products).
     @torch.compiler.disable
-    def train_scale(self, v: Tensor) -> Optional[float]:
-        """Retract mode, training: 1/max(1, b) for the stored parameter ``v`` (retracting it in place
-        first when one is due), so that the training weight is ``v * train_scale(v)``; None in
-        the differentiable mode. A layer may apply the scale to its output instead of the weight
-        (``BjorckLinear`` does: no copy of the weight per step)."""
-        if self.mode != "retract":
-            return None
+    def _train_weight(self, v: Tensor) -> Tensor:
+        """The training weight V / max(1, b); retracts V in place first when one is due."""
         if self._train_key != _version_key(v):
             self._train_scale = self._update(v)
             self._train_key = _version_key(v)
-        return self._train_scale
-
-    def _train_weight(self, v: Tensor) -> Tensor:
-        """The training weight V / max(1, b); retracts V in place first when one is due."""
-        s = self.train_scale(v)
+        s = self._train_scale
         return v if s == 1.0 else v * s
 
     @torch.compiler.disable
