@@ -3,8 +3,8 @@
 Runs ``liplayers demo`` (:func:`liplayers.demo.run_demo`) twice:
 
 * **digits** — the demo's default configuration (what ``liplayers demo`` does on a fresh install);
-* **MNIST** — when ``../shared/data/mnist`` beside the checkout (the default data dir) or
-  ``--data-dir`` holds the IDX files: a wider dense GNP (BjorckLinear 784→512→512→512→10 +
+* **MNIST** — when ``--data-dir`` (default: the development data folder beside the checkout)
+  holds the IDX files: a wider dense GNP (BjorckLinear 784→512→512→512→10 +
   MaxMin), τ-cross-entropy, a CPU budget of a few minutes. Figures at ε ∈ {0.5, 1.0, 1.58} (L2, pixels in [0, 1]) on the full original test set.
   The training images of that development copy are reconstructed (rebuilt from a public PNG
   export of the 60,000 training digits, same order, labels checked against the original label
