@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
     ap.add_argument("--preset", default=None, help="a liplayers.zoo.PRESETS architecture (default: zoo.mnist_4c3f)")
+    ap.add_argument("--width", type=int, default=32, help="channels of the first convolutions of the default 4C3F")
+    ap.add_argument("--dense", type=int, default=512, help="width of the dense layers of the default 4C3F")
     ap.add_argument("--conv", default=None, help="conv family of the preset (bcop, aol, sll, cpl, soc, cayley, bro, ...)")
     ap.add_argument("--augment", action="store_true", help="random crops (padding 4) and flips, for CIFAR-10")
     ap.add_argument("--device", default="cpu")
@@ -78,7 +80,7 @@ def main() -> None:
 
         model = build_preset(args.preset, **({"conv": args.conv} if args.conv else {}))
     else:
-        model = build()
+        model = build(width=args.width, dense=args.dense)
     device = torch.device(args.device)
     model = model.to(device)
     augment = None

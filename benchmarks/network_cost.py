@@ -28,11 +28,15 @@ loss: on one fixed random batch with τ = 1, Adam's steps stay large (one step m
 on MNIST batches after a few hundred steps one step moves a 512×784 weight by ≈ 0.035.
 ``--epoch`` measures the second case.
 
-Memory: peak, during one block of steps, of the bytes held by tensors above what was held at
-its start, from the profiler's memory timeline (``torch.profiler.profile(profile_memory=True)``:
-every tensor allocation and free in time order, running sum, maximum). What existed before the
-block — parameters, optimizer state, the batch, and for the Björck layers one copy of each
-weight kept between steps (the reference of the free norm bound) — is not counted.
+Memory (:func:`peak_memory`): from the profiler's memory timeline
+(``torch.profiler.profile(profile_memory=True)``: every tensor allocation and free in time order,
+running sum, maximum) of a fresh copy of each network built, warmed up and trained inside the
+profiler, so that every allocation and free is seen. Two figures for one block of steps:
+*total* — the most bytes alive at once (parameters, optimizer state, the batch, buffers kept
+between steps such as the Björck layers' reference copy of each weight, activations and
+temporaries) — and *transient* — that minus what was alive when the block began (activations,
+gradients, temporaries; a kept buffer replaced during the block counts only while the old and
+the new one coexist).
 
 ``--epoch``: also one whole epoch of MNIST training (60 000 images, shuffled batches of
 ``--batch``, the MNIST-shaped networks), plain and GNP steps interleaved batch by batch, with
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import time
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -158,19 +163,50 @@ class Runner:
             self.step()
         return (time.perf_counter() - t) / steps
 
-    def peak_mib(self, steps: int) -> float:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
-                                    record_shapes=True, with_stack=True) as prof:
-            for _ in range(steps):
-                self.step()
-        cur = peak = 0
-        for _, action, _, size in prof._memory_profile().timeline:
-            if action == Action.CREATE:
-                cur += size
-            elif action == Action.DESTROY:
-                cur -= size
+
+_MARK = 7919  # bytes of the marker allocation that separates warm-up from the measured block
+
+
+def peak_memory(build: Callable[[], nn.Module], shape: Tuple[int, ...], batch: int, warmup: int, steps: int,
+                tau: float) -> Tuple[float, float]:
+    """(transient, total) peak MiB of ``steps`` train steps of a freshly built network.
+
+    The network, its optimizer and the batch are created *inside* the profiler, so every
+    allocation and every free is on the timeline (a tensor created before profiling starts has
+    no size there, and a persistent buffer replaced during the block — e.g. the Björck layers'
+    reference copy — would otherwise count as new memory without the free of the one it
+    replaces). ``total``: the most bytes alive at once during the block (parameters, optimizer
+    state, batch, every kept buffer, activations, temporaries); ``transient``: that minus what
+    was alive when the block started.
+    """
+    gc.collect()  # objects of an earlier measurement must not be freed inside this one
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                                record_shapes=True, with_stack=True) as prof:
+        torch.manual_seed(0)
+        runner = Runner(build(), shape, batch, 0, tau)
+        gc.collect()
+        for _ in range(max(warmup, 1)):
+            runner.step()
+        mark = torch.empty(_MARK, dtype=torch.uint8)
+        del mark
+        for _ in range(steps):
+            runner.step()
+    cur, base, peak = 0, None, 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            if base is None and size == _MARK:
+                base = peak = cur
+                continue
+            cur += size
+        elif action == Action.DESTROY:
+            if base is not None and size == _MARK and cur == base:
+                continue
+            cur -= size
+        if base is not None:
             peak = max(peak, cur)
-        return peak / 2**20
+    if base is None:
+        raise RuntimeError("memory timeline: the marker allocation was not recorded")
+    return (peak - base) / 2**20, peak / 2**20
 
 
 def measure(name: str, batch: int, warmup: int, rounds: int, steps: int, memory: bool, tau: float) -> List[Tuple]:
@@ -185,8 +221,11 @@ def measure(name: str, batch: int, warmup: int, rounds: int, steps: int, memory:
     for _ in range(rounds):
         for k, r in runners.items():
             best[k] = min(best[k], r.timed_block(steps))
-    peaks = {k: (r.peak_mib(steps) if memory else float("nan")) for k, r in runners.items()}
-    return [(name, k, 1e3 * best[k], best[k] / best["plain"], peaks[k], peaks[k] / peaks["plain"]) for k in runners]
+    nan = (float("nan"), float("nan"))
+    builders = {"plain": lambda: plain_copy(build(), shape), "GNP": build}
+    peaks = {k: (peak_memory(builders[k], shape, batch, warmup, steps, tau) if memory else nan) for k in runners}
+    return [(name, k, 1e3 * best[k], best[k] / best["plain"], *peaks[k], peaks[k][0] / peaks["plain"][0],
+             peaks[k][1] / peaks["plain"][1]) for k in runners]
 
 
 def epoch(names: List[str], batch: int, data_dir: Optional[str], tau: float) -> List[Tuple]:
@@ -287,13 +326,13 @@ def main() -> None:
           f"{args.steps} consecutive steps, after {args.warmup} warm-up steps; peak = profiler memory "
           f"timeline of {args.steps} steps; Björck layers retract every {DEFAULT_RETRACT_EVERY} steps "
           f"(default) or when drifted\n")
-    print("| network | variant | step ms | × plain | peak MiB | × plain |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| network | variant | step ms | × plain | transient peak MiB | × plain | total peak MiB | × plain |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for n in names:
-        for net, var, ms, r, mib, rm in measure(n, args.batch, args.warmup, args.rounds, args.steps,
-                                                not args.no_memory, args.tau):
-            mem, rmem = ("", "") if mib != mib else (f"{mib:.1f}", f"{rm:.2f}")
-            print(f"| {net} | {var} | {ms:.1f} | {r:.2f} | {mem} | {rmem} |", flush=True)
+        for net, var, ms, r, mib, tot, rm, rtot in measure(n, args.batch, args.warmup, args.rounds, args.steps,
+                                                           not args.no_memory, args.tau):
+            mem = "| | | |" if mib != mib else f"| {mib:.1f} | {rm:.2f} | {tot:.1f} | {rtot:.2f} |"
+            print(f"| {net} | {var} | {ms:.1f} | {r:.2f} {mem}", flush=True)
     if args.epoch:
         print(f"\none MNIST epoch (batch {args.batch}, plain and GNP steps interleaved):\n")
         print("| network | variant | epoch s | × plain | test accuracy |")

@@ -124,9 +124,17 @@ def bjorck_step(w: Tensor, a: Optional[Tensor] = None, order: int = 3, e: Option
     """
     coeffs = step_coefficients(order, e)
     a = gram(w) if a is None else a
-    p = coeffs[1] * a
-    if order == 5:
-        p = p + coeffs[2] * (a @ a)
+    if torch.is_grad_enabled() and (w.requires_grad or a.requires_grad):
+        p = coeffs[1] * a
+        if order == 5:
+            p = p + coeffs[2] * (a @ a)
+    else:  # no autograd: one temporary (A² accumulated in place into p)
+        p = a.mul(coeffs[1])
+        if order == 5:
+            if p.dim() == 2:
+                p.addmm_(a, a, alpha=coeffs[2])
+            else:
+                p.add_(a @ a, alpha=coeffs[2])
     p.diagonal(dim1=-2, dim2=-1).add_(coeffs[0])
     return w @ p if w.shape[-2] >= w.shape[-1] else p @ w
 
@@ -145,23 +153,34 @@ def gram_symmetric(w: Tensor) -> Tensor:
         return gram(w)
     h = n // 2
     x1, x2 = x[:h], x[h:]
-    g12 = x1 @ x2.mH
-    return torch.cat((torch.cat((x1 @ x1.mH, g12), 1), torch.cat((g12.mH, x2 @ x2.mH), 1)), 0)
+    if torch.is_grad_enabled() and w.requires_grad:
+        g12 = x1 @ x2.mH
+        return torch.cat((torch.cat((x1 @ x1.mH, g12), 1), torch.cat((g12.mH, x2 @ x2.mH), 1)), 0)
+    g = x.new_empty(n, n)  # no autograd: the blocks written in place (no concatenated copies)
+    torch.mm(x1, x1.mH, out=g[:h, :h])
+    torch.mm(x1, x2.mH, out=g[:h, h:])
+    torch.mm(x2, x2.mH, out=g[h:, h:])
+    g[h:, :h].copy_(g[:h, h:].mH)
+    return g
 
 
 def lanczos_extremes(s: Tensor, steps: int = 12) -> Tuple[float, float]:
     """Estimates (θ_min, θ_max) of the extreme eigenvalues of the symmetric matrix ``s`` (n×n).
 
-    Lanczos in float64 with full reorthogonalization from a fixed start vector (deterministic):
-    the Ritz values lie inside the spectrum, so θ_max ≤ λ_max and θ_min ≥ λ_min; after 12 steps
-    they are within a few percent of the spectral width for the Gram matrices of nearly
-    orthonormal weights (against ~10–20% for as many power iterations), at the cost of 12
-    matrix–vector products.
+    Lanczos with full reorthogonalization from a fixed start vector (deterministic), in the
+    precision of ``s`` (float32 or float64; lower precisions in float32; the tridiagonal matrix
+    in float64): the Ritz values lie inside the spectrum, so θ_max ≤ λ_max and θ_min ≥ λ_min
+    (up to the rounding of the products, ~√n·u·‖s‖₂); after 12 steps they are within a few
+    percent of the spectral width for the Gram matrices of nearly orthonormal weights (against
+    ~10–20% for as many power iterations), at the cost of 12 matrix–vector products. They are
+    estimates: nothing guaranteed may rest on them.
     """
-    s = s.detach().to(torch.float64)
+    s = s.detach()
+    if s.dtype not in (torch.float32, torch.float64):
+        s = s.to(torch.float32)
     n = s.shape[0]
     g = torch.Generator(device="cpu").manual_seed(n)
-    q = torch.randn(n, generator=g, dtype=s.dtype).to(s.device)
+    q = torch.randn(n, generator=g, dtype=torch.float64).to(device=s.device, dtype=s.dtype)  # same start in any dtype
     q = q / q.norm()
     basis = torch.empty(min(steps, n), n, dtype=s.dtype, device=s.device)
     alphas, betas = [], []
@@ -238,9 +257,10 @@ def gram_eigenvalue_bound(a: Tensor, extremes: Optional[Tuple[float, float]] = N
         if not math.isfinite(diag_max):
             raise ValueError("gram_eigenvalue_bound: the matrix has non-finite entries")
         if extremes is None:
-            s = x.to(torch.float64, copy=True)
+            s = x.clone()
             s.diagonal().sub_(1.0)
             extremes = lanczos_extremes(s)
+            del s
         lo, hi = float(extremes[0]), float(extremes[1])
         if not (math.isfinite(lo) and math.isfinite(hi)):
             lo, hi = 0.0, 0.0

@@ -48,7 +48,23 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
     # recompiled for every layer and mode (8 entries at most per code object).
     @torch.compiler.disable
     def forward(self, input: Tensor) -> Tensor:
-        return F.linear(input, self.weight, self.bias)
+        chain = self.parametrizations.weight
+        p = chain[0]
+        if not (self.training and len(chain) == 1 and isinstance(p, BjorckOrthonormal) and p.mode == "retract"
+                and not parametrize._cache_enabled):
+            return F.linear(input, self.weight, self.bias)
+        # Training, retract mode: y = s·(x Vᵀ) + b equals x (sV)ᵀ + b without a scaled copy of
+        # the weight held for backward (autograd keeps x and the parameter V itself).
+        v = chain.original
+        s = p.train_scale(v)
+        if s == 1.0 or input.dim() == 0:
+            return F.linear(input, v if s == 1.0 else v * s, self.bias)
+        x = input.reshape(-1, input.shape[-1])
+        if self.bias is not None:
+            out = torch.addmm(self.bias, x, v.t(), alpha=s)
+        else:
+            out = torch.mm(x, v.t()).mul_(s)
+        return out.reshape(*input.shape[:-1], out.shape[-1])
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """Exact (float64 SVD, +1e-9 relative) spectral norm of the weight used in eval mode."""

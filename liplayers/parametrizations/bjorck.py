@@ -63,6 +63,12 @@ def _distance(a: Tensor, b: Tensor, rows: int = 128) -> float:
     return math.sqrt(sum(float(torch.dist(a[i:i + rows], b[i:i + rows])) ** 2 for i in range(0, a.shape[0], rows)))
 
 
+def _frobenius64(s: Tensor, rows: int = 128) -> float:
+    """‖s‖_F computed in float64 by blocks of rows (no float64 copy of the whole matrix)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(s[i:i + rows].to(torch.float64))) ** 2
+                         for i in range(0, s.shape[0], rows)))
+
+
 class BjorckOrthonormal(nn.Module):
     r"""Parametrization ``W = polar(V)``: orthonormal rows or columns, read through Björck.
 
@@ -271,9 +277,12 @@ class BjorckOrthonormal(nn.Module):
         """Estimate e of ‖A − I‖₂ for the smaller Gram matrix A (no grad): the larger extreme Ritz
         value of A − I (:func:`~liplayers.functional.orthogonalization.lanczos_extremes`) times a
         safety factor, capped by the guaranteed ‖A − I‖_F. Sets ``_fro`` and ``_extremes``."""
-        s = a.detach().to(torch.float64, copy=True)
+        # A − I in the working precision (the subtraction is exact for diagonal entries in
+        # [1/2, 2] and rounded once otherwise: the factor below covers it), ‖·‖_F accumulated
+        # in float64 by blocks of rows (no float64 copy of A)
+        s = a.detach().clone() if a.dtype in (torch.float32, torch.float64) else a.detach().to(torch.float32)
         s.diagonal().sub_(1.0)
-        fro = float(torch.linalg.matrix_norm(s))
+        fro = _frobenius64(s) * (1.0 + 2.0 * torch.finfo(s.dtype).eps)
         if not math.isfinite(fro):
             raise ValueError("BjorckOrthonormal: the weight contains non-finite values (NaN or Inf) "
                              "or values too large for its Gram matrix")
@@ -299,9 +308,13 @@ class BjorckOrthonormal(nn.Module):
         """Adaptive steps toward the polar factor of ``w`` (working precision, no grad).
 
         ``a``, ``e``: the Gram matrix of ``w`` and its estimate if already computed (then the
-        last :meth:`_estimate` must be that of ``a``). Returns ``(w, b)``, b a guaranteed bound
-        of ‖w‖₂ of the result if ``want_bound`` (else None).
+        last :meth:`_estimate` must be that of ``a``); ``a`` may be handed over in a one-element
+        list, emptied here, so that the caller holds no reference to it (each Gram matrix is
+        then freed as soon as the next one exists). Returns ``(w, b)``, b a guaranteed bound of
+        ‖w‖₂ of the result if ``want_bound`` (else None).
         """
+        if isinstance(a, list):
+            a = a.pop()
         tol = self.tol if self.tol is not None else default_tolerance(w.dtype)
         steps = 0
         # ("gram", A, ‖A−I‖_F, None, Ritz): the result has Gram matrix A;
@@ -309,6 +322,7 @@ class BjorckOrthonormal(nn.Module):
         last = None
         while steps < self.max_iterations:
             if a is None:
+                last = None  # (it holds the previous Gram matrix: free it before forming the next)
                 a = gram_symmetric(w)
                 e = self._estimate(a)
             if e <= tol:  # already on the manifold to the tolerance: keep it exactly
@@ -377,7 +391,9 @@ class BjorckOrthonormal(nn.Module):
                     self._anchor, self._anchor_bound = _detached_copy(w, v), b
                     return self._record(b, "gram", v.dtype)
             # (3) retraction, the first step reusing the Gram matrix
-            q, b = self._polar(w, a, e, want_bound=True)
+            handed = [a]
+            del a
+            q, b = self._polar(w, handed, e, want_bound=True)
             if q is not w:
                 v.copy_(q)  # retraction of the stored parameter (rounded to its dtype)
             self._retracted_key = _version_key(v)
@@ -400,12 +416,25 @@ class BjorckOrthonormal(nn.Module):
     # optimizer step and kept using the un-retracted weight), so they always run eagerly
     # (``torch.compiler.disable``; one graph break per layer, a few small matrix products).
     @torch.compiler.disable
-    def _train_weight(self, v: Tensor) -> Tensor:
-        """The training weight V / max(1, b); retracts V in place first when one is due."""
+    def train_scale(self, v: Tensor) -> float:
+        """The factor 1/max(1, b) of the training weight V / max(1, b) (retract mode, training).
+
+        Retracts V in place first when one is due (see *Amortized retraction*); computed once
+        per version of V. A layer may apply it to its output instead of its weight —
+        x (sV)ᵀ = s·(x Vᵀ) — so that no scaled copy of the weight is kept for backward.
+        """
+        if v.dim() != 2:
+            raise ValueError(f"BjorckOrthonormal expects a 2-D weight (out, in), got shape {tuple(v.shape)}")
+        if self.mode != "retract":
+            raise RuntimeError("train_scale applies to mode='retract' only")
         if self._train_key != _version_key(v):
             self._train_scale = self._update(v)
             self._train_key = _version_key(v)
-        s = self._train_scale
+        return self._train_scale
+
+    def _train_weight(self, v: Tensor) -> Tensor:
+        """The training weight V / max(1, b); retracts V in place first when one is due."""
+        s = self.train_scale(v)
         return v if s == 1.0 else v * s
 
     @torch.compiler.disable

@@ -198,7 +198,7 @@ def test_integer_and_empty_inputs():
     assert max_min(torch.empty(3, 0), 1).shape == (3, 0)
 
 
-@pytest.mark.parametrize("group,bytes_per_entry", [(2, 2.0), (4, 1.25), (8, 2.375)])
+@pytest.mark.parametrize("group,bytes_per_entry", [(2, 0.5), (4, 1.25), (8, 2.375)])
 def test_memory_kept_for_backward(group, bytes_per_entry, network_always):
     saved = []
     x = torch.randn(8, 32, 10, 10, requires_grad=True)  # float32

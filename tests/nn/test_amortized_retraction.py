@@ -318,3 +318,59 @@ def test_gram_symmetric_equals_gram_and_is_exactly_symmetric():
         a = O.gram_symmetric(w)
         torch.testing.assert_close(a, O.gram(w), rtol=1e-5, atol=1e-4)
         assert torch.equal(a, a.mT)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch_shape", [(), (5,), (2, 3)])
+def test_training_forward_scales_the_output_exactly_like_the_scaled_weight(bias, batch_shape):
+    """In training the layer computes s·(x Vᵀ) + b instead of x (sV)ᵀ + b (no scaled copy of the
+    weight kept for backward): values and gradients equal the scaled-weight computation."""
+    torch.manual_seed(3)
+    layer = L.BjorckLinear(12, 7, bias=bias, dtype=F64, max_drift=0.5)
+    _train(layer, 3, 3e-2, F64)
+    p, v = layer.parametrization, layer.parametrizations.weight.original
+    x = torch.randn(*batch_shape, 12, dtype=F64, requires_grad=True)
+    y = layer(x)
+    s = p.train_scale(v)
+    assert p.last_path in ("free", "gram") and s < 1 - 1e-3  # the scaled path is exercised
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, v) + ((layer.bias,) if bias else ()), g)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = nn.functional.linear(x2, v * s, layer.bias)
+    grads2 = torch.autograd.grad(y2, (x2, v) + ((layer.bias,) if bias else ()), g)
+    torch.testing.assert_close(y, y2, rtol=1e-13, atol=1e-14)
+    for a, b in zip(grads, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+    assert torch.autograd.gradcheck(layer, (x.detach().clone().requires_grad_(True),))
+    with torch.nn.utils.parametrize.cached():  # the cached-weight path gives the same map
+        torch.testing.assert_close(layer(x), y, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("order", [3, 5])
+def test_no_grad_step_and_gram_equal_the_differentiable_ones(order):
+    """The retraction's in-place (no-autograd) Gram matrix and polar step equal the autograd ones."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((300, 520), (520, 300), (40, 60)):
+        w = torch.randn(*shape, generator=g, dtype=F64) / shape[1] ** 0.5
+        a = O.gram_symmetric(w)
+        a_grad = O.gram_symmetric(w.clone().requires_grad_(True))
+        assert torch.equal(a, a_grad.detach())
+        a = a / float(torch.linalg.eigvalsh(a)[-1])
+        w = w / float(torch.linalg.eigvalsh(O.gram(w))[-1]) ** 0.5
+        fast = O.bjorck_step(w, a, order=order, e=0.4)
+        slow = O.bjorck_step(w.clone().requires_grad_(True), a, order=order, e=0.4)
+        torch.testing.assert_close(fast, slow.detach(), rtol=1e-13, atol=1e-13)
+        assert slow.requires_grad
+
+
+def test_lanczos_estimates_agree_across_precisions():
+    """The estimates run in the precision of the matrix (float32: no float64 copy of A) from the same
+    start vector: the float32 Ritz values match the float64 ones."""
+    for seed in range(3):
+        v = _near_orthogonal(64, 150, 0.05, seed, F64)
+        s = O.gram(v)
+        s.diagonal().sub_(1.0)
+        lo, hi = O.lanczos_extremes(s)
+        lo32, hi32 = O.lanczos_extremes(s.float())
+        width = hi - lo
+        assert abs(lo32 - lo) <= 1e-4 * width and abs(hi32 - hi) <= 1e-4 * width
