@@ -135,6 +135,7 @@ def train_step(m: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, t: tor
     m.train()
     loss = (m(x) - t).square().mean()
     opt.zero_grad(set_to_none=True)
+    x.grad = None
     loss.backward()
     opt.step()
 
@@ -171,6 +172,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--input-grad", action="store_true",
+                    help="the input requires grad (a layer inside a network: the input gradient is computed too)")
     ap.add_argument("--sv-size", type=int, default=6, help="spatial size of the input of the Jacobian SVD")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
     ap.add_argument("--only", nargs="*", default=None, help="substrings of implementation names to run")
@@ -183,7 +186,7 @@ def main() -> None:
     impls = implementations()
     if args.only:
         impls = {k: v for k, v in impls.items() if any(s in k for s in args.only) or k == "nn.Conv2d"}
-    x = torch.randn(B, C, N, N)
+    x = torch.randn(B, C, N, N).requires_grad_(args.input_grad)
     t = torch.randn(B, C, N, N) * 0.1
     mods, opts = {}, {}
     for name, (make, _) in impls.items():

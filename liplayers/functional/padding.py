@@ -165,11 +165,11 @@ class _CircularConv2d(torch.autograd.Function):
             kt = kernel.reshape(groups, out // groups, in_g, *kernel.shape[2:]).transpose(1, 2)
             kt = kt.reshape(groups * in_g, out // groups, *kernel.shape[2:]).flip(-2, -1)
             gx = F.conv2d(F.pad(gy, (pw, pw, ph, ph), mode="circular"), kt, None, 1, 0, dilation, groups)
-        if ctx.needs_input_grad[1]:
-            gk = torch.ops.aten.convolution_backward(gy, xp, kernel, None, [1, 1], [0, 0], list(dilation), False,
-                                                     [0, 0], groups, [False, True, False])[1]
-        if has_bias and ctx.needs_input_grad[2]:
-            gb = gy.sum((0, 2, 3))
+        want_k, want_b = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
+        if want_k or want_b:  # kernel and bias gradients in one pass over gy
+            _, gk, gb = torch.ops.aten.convolution_backward(
+                gy, xp, kernel, [kernel.shape[0]] if want_b else None, [1, 1], [0, 0], list(dilation), False,
+                [0, 0], groups, [False, want_k, want_b])
         return gx, gk, gb, None, None, None, None
 
 

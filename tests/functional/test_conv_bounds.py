@@ -179,6 +179,24 @@ def test_circular_conv2d_matches_pad_and_gradcheck(ks, dil, groups):
         circular_conv2d(x, torch.randn(6, 4, 2, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("needs", [(False, True, True), (True, False, True), (True, True, False), (False, False, True)])
+def test_circular_conv2d_gradients_when_only_some_inputs_need_them(needs):
+    """The backward computes the kernel and bias gradients in one pass, only those requested."""
+    from liplayers.functional.conv import circular_conv2d
+
+    torch.manual_seed(1)
+    x, k, b = (torch.randn(*s, dtype=torch.float64) for s in ((2, 4, 6, 5), (3, 4, 3, 3), (3,)))
+    ins = [t.clone().requires_grad_(n) for t, n in zip((x, k, b), needs)]
+    refs = [t.clone().requires_grad_(n) for t, n in zip((x, k, b), needs)]
+    g = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    circular_conv2d(*ins).backward(g)
+    F.conv2d(F.pad(refs[0], (1, 1, 1, 1), mode="circular"), refs[1], refs[2]).backward(g)
+    for a, r, n in zip(ins, refs, needs):
+        assert (a.grad is None) == (not n)
+        if n:
+            torch.testing.assert_close(a.grad, r.grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode,pad", [("zeros", 1), ("zeros", "same"), ("circular", 1), ("reflect", 2)])
 def test_conv2d_operator_and_power_iteration_lower_bound(mode, pad):
     from liplayers.functional.conv import conv2d_operator, conv_operator_power_iteration
