@@ -11,6 +11,7 @@ from ..functional.bcop import bcop_kernel, bcop_structural_bound as _bcop_struct
 from ..functional.conv import (_pair, _spatial, circular_conv2d, circular_conv_norm, conv2d_lipschitz_bound,
                                polyphase_kernel, resolve_padding)
 from ..functional.orthogonalization import retract_semi_orthogonal_
+from ..functional.stiefel import with_tangent_gradient
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import orthogonal_init_, version_key as _version_key
 from ._conv_common import Size2, _check_padding_mode
@@ -53,6 +54,17 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
     so the forward is a plain convolution with a kernel built by 2(k_c − 1) thin products.
     In eval mode the kernel is built once per parameter version and cached.
 
+    Gradient (``riemannian_grad=True``, default): the optimizer receives the Riemannian
+    gradient of H and of each Q_t — the Euclidean gradient G projected onto the tangent space
+    of the Stiefel manifold, G − X·sym(XᵀG) (:func:`~liplayers.functional.stiefel_tangent_projection`).
+    The removed part only changes the singular values of the factors, which the retraction
+    undoes; left in, Adam accumulates it in its moments (about 70% of the gradient's norm at
+    initialization) and most of each step is thrown away (measured: 16–23% of the change of
+    the projectors Q_tQ_tᵀ survives the retraction after 50 Adam steps, 97% with the
+    projection; on MNIST at a fixed 45-CPU-second budget, certified accuracy at ε = 1.58 of a
+    small BCOP network 29.2 → 33.1%). ``riemannian_grad=False`` hands over the Euclidean
+    gradient (the behaviour of liplayers ≤ 0.2.0). The forward pass is identical either way.
+
     Under ``torch.compile`` the layer runs eagerly (one graph break): the retraction and the
     eval cache depend on parameter versions, on which compiled graphs do not guard.
 
@@ -73,11 +85,15 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
         padding_mode: ``'zeros'`` (default, as ``nn.Conv2d``) or ``'circular'`` (exactly
             orthogonal; needs the 'same' amount of padding: total d(k_c − 1) for stride 1,
             s(k_c − 1) for stride s).
+        riemannian_grad: keyword-only; project the factors' gradients onto the tangent space
+            (default True; see *Gradient*).
 
     Raises:
         ValueError: for padding modes that duplicate pixels (reflect, replicate), circular
             padding of another amount, groups ≠ 1, non-square strides, dilation with stride.
     """
+
+    riemannian_grad: bool = True  # class default: also for objects pickled by earlier versions
 
     def __init__(
         self,
@@ -92,8 +108,13 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
         padding_mode: str = "zeros",
         device=None,
         dtype=None,
+        *,
+        riemannian_grad: bool = True,
     ) -> None:
         nn.Module.__init__(self)  # not nn.Conv2d.__init__: there is no free kernel parameter
+        if not isinstance(riemannian_grad, bool):
+            raise ValueError(f"OrthoConv2d: riemannian_grad must be True or False, got {riemannian_grad!r}")
+        self.riemannian_grad = riemannian_grad
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"OrthoConv2d: {name} must be a positive integer, got {v!r}")
@@ -196,10 +217,15 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
         """The kernel used now (s·k_c × s·k_c taps): differentiable in training, cached in eval."""
-        if self.training:
-            self._retract_if_changed()
-            return self._kernel(self.ortho, self.projectors)
-        return self._eval_kernel()
+        return self._training_kernel() if self.training else self._eval_kernel()
+
+    def _training_kernel(self) -> Tensor:
+        """Retract the factors if they changed, then build the kernel from them (differentiable;
+        with ``riemannian_grad`` their gradients are projected onto the tangent space)."""
+        self._retract_if_changed()
+        if self.riemannian_grad:
+            return self._kernel(with_tangent_gradient(self.ortho), with_tangent_gradient(self.projectors))
+        return self._kernel(self.ortho, self.projectors)
 
     @weight.setter
     def weight(self, value) -> None:
@@ -252,11 +278,7 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
     @torch.compiler.disable
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        if self.training:
-            self._retract_if_changed()
-            weight = self._kernel(self.ortho, self.projectors)
-        else:
-            weight = self._eval_kernel()
+        weight = self._training_kernel() if self.training else self._eval_kernel()
         return self._conv_forward(input, weight, self.bias)
 
     # -- protocol -----------------------------------------------------------------------------
@@ -338,4 +360,5 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
             s += f", dilation={self.dilation}"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
-        return s + f", coarse_kernel_size={self.coarse_kernel_size}, bias={self.bias is not None}"
+        s += f", coarse_kernel_size={self.coarse_kernel_size}, bias={self.bias is not None}"
+        return s if self.riemannian_grad else s + ", riemannian_grad=False"

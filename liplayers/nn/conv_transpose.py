@@ -91,6 +91,8 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
         padding: int or pair (cropping of the output, as ``nn.ConvTranspose2d``).
         dilation: stride 1 only. groups: must be 1.
         padding_mode: ``'zeros'`` (default) or ``'circular'``.
+        riemannian_grad: keyword-only; the factors' gradients projected onto the tangent space
+            of the Stiefel manifold (default True), as in :class:`OrthoConv2d`.
 
     Shape:
         - Input: (B, in_channels, H, W) or (in_channels, H, W)
@@ -103,9 +105,13 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size2, stride: Size2 = 1,
                  padding: Size2 = 0, output_padding: Size2 = 0, groups: int = 1, bias: bool = True,
-                 dilation: Size2 = 1, padding_mode: str = "zeros", device=None, dtype=None) -> None:
+                 dilation: Size2 = 1, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 riemannian_grad: bool = True) -> None:
         nn.Module.__init__(self)  # not nn.ConvTranspose2d.__init__: there is no free kernel parameter
         layer = "OrthoConvTranspose2d"
+        if not isinstance(riemannian_grad, bool):
+            raise ValueError(f"{layer}: riemannian_grad must be True or False, got {riemannian_grad!r}")
+        self.riemannian_grad = riemannian_grad
         _positive_int(layer, "in_channels", in_channels)
         _positive_int(layer, "out_channels", out_channels)
         if groups != 1:
@@ -154,6 +160,8 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
     reset_parameters = OrthoConv2d.reset_parameters
     _kernel = OrthoConv2d._kernel
     _retract_if_changed = OrthoConv2d._retract_if_changed
+    _training_kernel = OrthoConv2d._training_kernel
+    riemannian_grad = True  # class default (objects pickled by earlier versions)
     _eval_kernel = OrthoConv2d._eval_kernel
     eval_weight = OrthoConv2d.eval_weight
     weight = OrthoConv2d.weight  # (in, out, s·k_c, s·k_c) here: the kernel of the adjoint convolution
@@ -168,11 +176,7 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
         if input.dim() not in (3, 4) or input.shape[-3] != self.in_channels:
             raise ValueError(f"OrthoConvTranspose2d expects input (B, {self.in_channels}, H, W), got "
                              f"{tuple(input.shape)}")
-        if self.training:
-            self._retract_if_changed()
-            weight = self._kernel(self.ortho, self.projectors)
-        else:
-            weight = self._eval_kernel()
+        weight = self._training_kernel() if self.training else self._eval_kernel()
         if self.padding_mode == "circular":
             s = self.stride[0]
             n = (input.shape[-2] * s, input.shape[-1] * s)

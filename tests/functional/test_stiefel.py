@@ -1,0 +1,99 @@
+"""Riemannian gradient on the Stiefel manifold (tangent projection) and its use by OrthoConv2d."""
+import pickle
+
+import pytest
+import torch
+
+import liplayers as L
+from liplayers.functional import stiefel_tangent_projection, with_tangent_gradient
+from liplayers.functional.orthogonalization import retract_semi_orthogonal_
+
+F64 = torch.float64
+
+
+def _stiefel(m, n, seed, batch=()):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(*batch, max(m, n), min(m, n), generator=g, dtype=F64))
+    return q if m >= n else q.mT
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9), (6, 6)])
+def test_projection_is_tangent_idempotent_and_orthogonal(shape):
+    x = _stiefel(*shape, seed=0, batch=(3,))
+    g = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    z = stiefel_tangent_projection(x, g)
+    # tangent: the derivative of XᵀX (tall) or XXᵀ (wide) vanishes along z
+    d = x.mT @ z + z.mT @ x if shape[0] >= shape[1] else z @ x.mT + x @ z.mT
+    assert float(d.abs().max()) < 1e-12
+    torch.testing.assert_close(stiefel_tangent_projection(x, z), z, rtol=0, atol=1e-12)
+    # the removed part is orthogonal to every tangent vector
+    t = stiefel_tangent_projection(x, torch.randn(3, *shape, dtype=F64))
+    assert abs(float(((g - z) * t).sum())) < 1e-10
+    # and it is undone by the retraction: polar(X + s·N) = X + O(s²)
+    for s in (1e-3, 1e-4):
+        y = (x + s * (g - z))[0].clone()
+        retract_semi_orthogonal_(y)
+        assert float((y - x[0]).abs().max()) < 50 * s * s
+
+
+def test_with_tangent_gradient_forward_identity_backward_projection():
+    x = _stiefel(7, 3, seed=2).requires_grad_(True)
+    w = torch.randn(7, 3, dtype=F64)
+    y = with_tangent_gradient(x)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()
+    torch.testing.assert_close(x.grad, stiefel_tangent_projection(x.detach(), w), rtol=0, atol=1e-14)
+    e = torch.empty(0, 3, requires_grad=True)
+    assert with_tangent_gradient(e) is e
+    with pytest.raises(ValueError, match="one shape"):
+        stiefel_tangent_projection(torch.zeros(3, 2), torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("cin,cout,k,s", [(4, 6, 3, 1), (6, 4, 3, 1), (2, 8, 4, 2), (8, 8, 3, 1)])
+def test_orthoconv_riemannian_gradient_is_the_projected_euclidean_one(cin, cout, k, s):
+    """Same forward; the factors' gradients are the tangent projections of the Euclidean ones."""
+    torch.manual_seed(0)
+    a = L.OrthoConv2d(cin, cout, k, stride=s, padding="same", dtype=F64)
+    b = L.OrthoConv2d(cin, cout, k, stride=s, padding="same", dtype=F64, riemannian_grad=False)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, cin, 8, 8, dtype=F64)
+    ya, yb = a(x), b(x)
+    assert torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(a.ortho.grad, stiefel_tangent_projection(b.ortho.detach(), b.ortho.grad),
+                               rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(a.projectors.grad,
+                               stiefel_tangent_projection(b.projectors.detach(), b.projectors.grad),
+                               rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(a.bias.grad, b.bias.grad)
+    assert "riemannian_grad=False" in repr(b) and "riemannian_grad" not in repr(a)
+
+
+def test_riemannian_training_stays_orthogonal_and_keeps_a_sound_bound():
+    torch.manual_seed(1)
+    layer = L.OrthoConv2d(4, 4, 3, padding=1, padding_mode="circular", dtype=F64)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    for _ in range(5):
+        x = torch.randn(3, 4, 6, 6, dtype=F64)
+        opt.zero_grad()
+        layer(x).square().sum().backward()
+        opt.step()
+    layer.eval()
+    from liplayers.functional.conv import circular_conv_singular_values
+    sv = circular_conv_singular_values(layer.weight, (6, 6))
+    assert float((sv - 1).abs().max()) < 1e-9
+    assert layer.lipschitz_bound((4, 6, 6)) >= float(sv.max())
+
+
+def test_transposed_layer_option_and_objects_pickled_without_the_attribute():
+    t = L.OrthoConvTranspose2d(4, 4, 3, padding=1, riemannian_grad=False)
+    assert not t.riemannian_grad
+    with pytest.raises(ValueError, match="riemannian_grad"):
+        L.OrthoConv2d(2, 2, 3, riemannian_grad=1)
+    layer = L.OrthoConv2d(2, 2, 3)
+    del layer.__dict__["riemannian_grad"]  # as an object saved before the option existed
+    restored = pickle.loads(pickle.dumps(layer))
+    assert restored.riemannian_grad is True
+    restored(torch.randn(1, 2, 5, 5)).sum().backward()
