@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.spectral import spectral_norm_exact
+from ..functional.stiefel import with_tangent_gradient
 from ..lipschitz import LipschitzModule, linf_operator_norm
 from ..parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
 from ..parametrizations.bjorck import DEFAULT_MAX_DRIFT
@@ -57,6 +58,8 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
         # the weight held for backward (autograd keeps x and the parameter V itself).
         v = chain.original
         s = p.train_scale(v)
+        if getattr(self, "riemannian_grad", False):
+            v = with_tangent_gradient(v)  # the gradient of V projected onto the tangent space at V
         if s == 1.0 or input.dim() == 0:
             return F.linear(input, v if s == 1.0 else v * s, self.bias)
         x = input.reshape(-1, input.shape[-1])
@@ -126,17 +129,33 @@ class BjorckLinear(_ParametrizedLinear):
             chosen by measurement; 1 retracts at every step).
         max_drift: retract mode, in (0, 1]: between retractions the training weight is V / b with
             1 ≤ b ≤ 1 + max_drift, b a guaranteed bound of ‖V‖₂ (else it retracts); default 0.25.
+        riemannian_grad: retract mode: hand the optimizer the Riemannian gradient of V, the
+            Euclidean one projected onto the tangent space of the Stiefel manifold at V,
+            G − V·sym(VᵀG) (orthonormal columns; G − sym(GVᵀ)·V for orthonormal rows;
+            :func:`~liplayers.functional.stiefel_tangent_projection`). The removed part only
+            changes the singular values of V, which the retraction undoes; left in, Adam
+            accumulates it in its moments. Default True; False: the Euclidean gradient (the
+            behaviour of liplayers ≤ 0.2.0). Measured on MNIST (784-512-512-10 MLP, MaxMin,
+            offset cross-entropy, Adam one-cycle 3e-3, 3 epochs, 2 seeds): certified accuracy at
+            ε = 1.58 on the first 2,000 test images 39.6 / 40.4% → 50.0 / 51.1%, clean 90.9 →
+            92.9 / 93.4%. The forward pass is the same either way.
     """
+
+    riemannian_grad: bool = True  # class default: also for objects pickled by earlier versions
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  *, mode: str = "retract", tol: Optional[float] = None, max_iterations: int = 40,
-                 order: int = 5, retract_every: Optional[int] = None, max_drift: float = DEFAULT_MAX_DRIFT) -> None:
+                 order: int = 5, retract_every: Optional[int] = None, max_drift: float = DEFAULT_MAX_DRIFT,
+                 riemannian_grad: bool = True) -> None:
         _check_features("BjorckLinear", in_features, out_features)
+        if not isinstance(riemannian_grad, bool):
+            raise ValueError(f"BjorckLinear: riemannian_grad must be True or False, got {riemannian_grad!r}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         parametrize.register_parametrization(
             self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order,
                                               retract_every=retract_every, max_drift=max_drift)
         )
+        self.riemannian_grad = riemannian_grad
         self.register_load_state_dict_pre_hook(_load_plain_weight)
 
     def reset_parameters(self) -> None:

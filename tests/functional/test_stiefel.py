@@ -97,3 +97,25 @@ def test_transposed_layer_option_and_objects_pickled_without_the_attribute():
     restored = pickle.loads(pickle.dumps(layer))
     assert restored.riemannian_grad is True
     restored(torch.randn(1, 2, 5, 5)).sum().backward()
+
+
+@pytest.mark.parametrize("shape", [(12, 7), (7, 12)])
+def test_bjorck_linear_riemannian_gradient_is_the_projected_euclidean_one(shape):
+    """Training forward unchanged; the gradient of V is Π_V of the Euclidean one (scaled by s)."""
+    torch.manual_seed(4)
+    a = L.BjorckLinear(*shape, dtype=F64, max_drift=0.5)
+    b = L.BjorckLinear(*shape, dtype=F64, max_drift=0.5, riemannian_grad=False)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, shape[0], dtype=F64)
+    ya, yb = a(x), b(x)
+    assert torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    va, vb = a.parametrizations.weight.original, b.parametrizations.weight.original
+    torch.testing.assert_close(va.grad, stiefel_tangent_projection(vb.detach(), vb.grad), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(a.bias.grad, b.bias.grad)
+    with pytest.raises(ValueError, match="riemannian_grad"):
+        L.BjorckLinear(3, 3, riemannian_grad="yes")
+    differentiable = L.BjorckLinear(*shape, dtype=F64, mode="differentiable")  # flag unused: autograd through Björck
+    differentiable(x).sum().backward()

@@ -145,8 +145,9 @@ def test_eval_is_orthogonal_polar_of_current_parameter_and_what_certificates_use
 
 
 def test_gradient_is_euclidean_gradient_scaled_by_the_constant_factor():
+    """(With riemannian_grad=False; the default projects this gradient, see test_stiefel.py.)"""
     torch.manual_seed(2)
-    layer = L.BjorckLinear(30, 20, dtype=F64, max_drift=0.5)
+    layer = L.BjorckLinear(30, 20, dtype=F64, max_drift=0.5, riemannian_grad=False)
     _train(layer, 3, 1e-2, F64)
     x = torch.randn(7, 30, dtype=F64)
     layer.zero_grad()
@@ -326,7 +327,7 @@ def test_training_forward_scales_the_output_exactly_like_the_scaled_weight(bias,
     """In training the layer computes s·(x Vᵀ) + b instead of x (sV)ᵀ + b (no scaled copy of the
     weight kept for backward): values and gradients equal the scaled-weight computation."""
     torch.manual_seed(3)
-    layer = L.BjorckLinear(12, 7, bias=bias, dtype=F64, max_drift=0.5)
+    layer = L.BjorckLinear(12, 7, bias=bias, dtype=F64, max_drift=0.5, riemannian_grad=False)
     _train(layer, 3, 3e-2, F64)
     p, v = layer.parametrization, layer.parametrizations.weight.original
     x = torch.randn(*batch_shape, 12, dtype=F64, requires_grad=True)
