@@ -17,6 +17,9 @@ strided convolution becomes the equivalent explicit padding, symmetric — as a 
 write it — when the extra bottom/right zeros are never read), ``BjorckLinear`` by ``nn.Linear``
 and each GroupSort-family activation by ``ReLU``.
 
+Variants: ``GNP`` with the library's defaults (Riemannian gradient of the orthogonal factors);
+``GNP, Euclidean gradient``: the same network with ``riemannian_grad=False`` in every layer.
+
 Time: every network first trains ``--warmup`` steps; then in each of ``--rounds`` rounds every
 network trains ``--steps`` consecutive steps (default: the Björck layers' retraction period, so
 that a block holds one full cycle of retraction and rescaled steps), interleaved, and the table
@@ -83,6 +86,19 @@ NETWORKS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "lipconvnet(5)": (lambda: zoo.lipconvnet(5), CIFAR),
     "gnp_conv_net()": (lambda: L.gnp_conv_net(), MNIST),
 }
+
+
+EUCLID = "GNP, Euclidean gradient"
+
+
+def euclidean(build: Callable[[], nn.Module]) -> nn.Module:
+    """The same GNP network (same seed) with ``riemannian_grad=False`` in every layer that has it."""
+    torch.manual_seed(0)
+    net = build()
+    for m in net.modules():
+        if hasattr(m, "riemannian_grad"):
+            m.riemannian_grad = False
+    return net
 
 
 def _same_padding(size: int, k: int, s: int, d: int) -> Tuple[int, int]:
@@ -213,7 +229,8 @@ def measure(name: str, batch: int, warmup: int, rounds: int, steps: int, memory:
     build, shape = NETWORKS[name]
     torch.manual_seed(0)
     gnp = build()
-    runners = {"plain": Runner(plain_copy(gnp, shape), shape, batch, 0, tau), "GNP": Runner(gnp, shape, batch, 0, tau)}
+    runners = {"plain": Runner(plain_copy(gnp, shape), shape, batch, 0, tau), "GNP": Runner(gnp, shape, batch, 0, tau),
+               EUCLID: Runner(euclidean(build), shape, batch, 0, tau)}
     for r in runners.values():
         for _ in range(warmup):
             r.step()
@@ -222,7 +239,7 @@ def measure(name: str, batch: int, warmup: int, rounds: int, steps: int, memory:
         for k, r in runners.items():
             best[k] = min(best[k], r.timed_block(steps))
     nan = (float("nan"), float("nan"))
-    builders = {"plain": lambda: plain_copy(build(), shape), "GNP": build}
+    builders = {"plain": lambda: plain_copy(build(), shape), "GNP": build, EUCLID: lambda: euclidean(build)}
     peaks = {k: (peak_memory(builders[k], shape, batch, warmup, steps, tau) if memory else nan) for k in runners}
     return [(name, k, 1e3 * best[k], best[k] / best["plain"], *peaks[k], peaks[k][0] / peaks["plain"][0],
              peaks[k][1] / peaks["plain"][1]) for k in runners]
@@ -242,7 +259,8 @@ def epoch(names: List[str], batch: int, data_dir: Optional[str], tau: float) -> 
             continue
         torch.manual_seed(0)
         gnp = build()
-        runners = {"plain": Runner(plain_copy(gnp, shape), shape, 1, 0, tau), "GNP": Runner(gnp, shape, 1, 0, tau)}
+        runners = {"plain": Runner(plain_copy(gnp, shape), shape, 1, 0, tau), "GNP": Runner(gnp, shape, 1, 0, tau),
+                   EUCLID: Runner(euclidean(build), shape, 1, 0, tau)}
         perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(1))
         spent = {k: 0.0 for k in runners}
         for i in range(len(x_all) // batch):

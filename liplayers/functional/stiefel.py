@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-__all__ = ["stiefel_tangent_projection", "with_tangent_gradient"]
+__all__ = ["stiefel_tangent_projection", "with_tangent_gradient", "riemannian_linear"]
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -64,3 +64,56 @@ def with_tangent_gradient(x: Tensor) -> Tensor:
     if x.numel() == 0 or not (torch.is_grad_enabled() and x.requires_grad):
         return x
     return _TangentGradient.apply(x)
+
+
+class _RiemannianLinear(Function):
+    """y = s·(x Vᵀ) + b, with the Riemannian gradient of V computed from the batch.
+
+    With z = x Vᵀ (kept from the forward), g the output gradient and G = s·gᵀx the Euclidean
+    gradient of V, the tangent projection is, for orthonormal rows (out ≤ in),
+    Π(G) = G − sym(GVᵀ)V = s·[gᵀ(x − ½ zV) − ½ zᵀ(gV)], and for orthonormal columns
+    Π(G) = G − V sym(VᵀG) = s·[(g − ½ (gV)Vᵀ)ᵀx − ½ zᵀ(gV)]; gV is also the input gradient
+    (÷ s). Extra cost over the Euclidean backward: two products of B·out·in multiply-adds,
+    instead of two of min(out, in)·out·in for the projection of the formed G.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, v: Tensor, s: float, bias):  # type: ignore[override]
+        z = x @ v.mT
+        out = z * s if bias is None else torch.addcmul(bias, z, torch.tensor(s, dtype=z.dtype, device=z.device))
+        ctx.save_for_backward(x, v, z)
+        ctx.s, ctx.has_bias = s, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, v, z = ctx.saved_tensors
+        s = ctx.s
+        gv = g @ v
+        gx = gv * s if ctx.needs_input_grad[0] else None
+        gw = gb = None
+        if ctx.needs_input_grad[1]:
+            if v.shape[0] <= v.shape[1]:  # orthonormal rows
+                gw = (g.mT @ (x - 0.5 * (z @ v))).sub_(z.mT @ gv, alpha=0.5).mul_(s)
+            else:  # orthonormal columns
+                gw = ((g - 0.5 * (gv @ v.mT)).mT @ x).sub_(z.mT @ gv, alpha=0.5).mul_(s)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            gb = g.sum(0)
+        return gx, gw, None, gb
+
+
+def riemannian_linear(x: Tensor, v: Tensor, s: float = 1.0, bias=None) -> Tensor:
+    """s·(x Vᵀ) + b whose gradient with respect to V is the tangent projection at V
+    (:func:`stiefel_tangent_projection`) of the Euclidean one; the gradients of x and b are the
+    usual ones. x (..., in), V (out, in) with orthonormal rows or columns, bias (out,) or None.
+
+    The projection is computed from the batch when that is cheaper (B < min(out, in), B the
+    number of rows of x): two products of B·out·in instead of two of min(out, in)·out·in.
+    """
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] >= min(v.shape) or not torch.is_grad_enabled() or not v.requires_grad:
+        w = with_tangent_gradient(v)
+        out = torch.addmm(bias, x2, w.mT, alpha=s) if bias is not None else torch.mm(x2, w.mT).mul_(s)
+    else:
+        out = _RiemannianLinear.apply(x2, v, float(s), bias)
+    return out.reshape(*x.shape[:-1], v.shape[0])

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.spectral import spectral_norm_exact
-from ..functional.stiefel import with_tangent_gradient
+from ..functional.stiefel import riemannian_linear
 from ..lipschitz import LipschitzModule, linf_operator_norm
 from ..parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
 from ..parametrizations.bjorck import DEFAULT_MAX_DRIFT
@@ -58,8 +58,8 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
         # the weight held for backward (autograd keeps x and the parameter V itself).
         v = chain.original
         s = p.train_scale(v)
-        if getattr(self, "riemannian_grad", False):
-            v = with_tangent_gradient(v)  # the gradient of V projected onto the tangent space at V
+        if getattr(self, "riemannian_grad", False) and input.dim() > 0:
+            return riemannian_linear(input, v, s, self.bias)  # the gradient of V projected onto the tangent space
         if s == 1.0 or input.dim() == 0:
             return F.linear(input, v if s == 1.0 else v * s, self.bias)
         x = input.reshape(-1, input.shape[-1])

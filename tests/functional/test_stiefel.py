@@ -108,7 +108,7 @@ def test_bjorck_linear_riemannian_gradient_is_the_projected_euclidean_one(shape)
     b.load_state_dict(a.state_dict())
     x = torch.randn(5, shape[0], dtype=F64)
     ya, yb = a(x), b(x)
-    assert torch.equal(ya, yb)
+    torch.testing.assert_close(ya, yb, rtol=1e-14, atol=1e-14)
     g = torch.randn_like(ya)
     ya.backward(g)
     yb.backward(g)
@@ -119,3 +119,30 @@ def test_bjorck_linear_riemannian_gradient_is_the_projected_euclidean_one(shape)
         L.BjorckLinear(3, 3, riemannian_grad="yes")
     differentiable = L.BjorckLinear(*shape, dtype=F64, mode="differentiable")  # flag unused: autograd through Björck
     differentiable(x).sum().backward()
+
+
+@pytest.mark.parametrize("out_f,in_f,batch", [(8, 20, 3), (20, 8, 3), (8, 20, 30), (6, 9, (2, 2))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_riemannian_linear_batch_form_equals_the_projection(out_f, in_f, batch, bias):
+    """Both code paths (projection of the formed gradient, or from the batch when B < min(out, in))
+    give s·(xVᵀ) + b and the tangent projection of the Euclidean gradient, also off the manifold."""
+    from liplayers.functional.stiefel import riemannian_linear
+
+    g = torch.Generator().manual_seed(5)
+    v = (_stiefel(out_f, in_f, seed=6) + 0.05 * torch.randn(out_f, in_f, generator=g, dtype=F64)).requires_grad_(True)
+    shape = batch if isinstance(batch, tuple) else (batch,)
+    x = torch.randn(*shape, in_f, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(out_f, generator=g, dtype=F64, requires_grad=True) if bias else None
+    y = riemannian_linear(x, v, 0.9, b)
+    x2, v2 = x.detach().clone().requires_grad_(True), v.detach().clone().requires_grad_(True)
+    b2 = b.detach().clone().requires_grad_(True) if bias else None
+    y2 = torch.nn.functional.linear(x2, 0.9 * v2, b2)
+    torch.testing.assert_close(y, y2, rtol=1e-14, atol=1e-14)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [t for t in (x, v, b) if t is not None], gy)
+    ref = torch.autograd.grad(y2, [t for t in (x2, v2, b2) if t is not None], gy)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(got[1], stiefel_tangent_projection(v.detach(), ref[1]), rtol=1e-12, atol=1e-13)
+    if bias:
+        torch.testing.assert_close(got[2], ref[2], rtol=1e-12, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda t: riemannian_linear(t, v.detach(), 0.9, None), (x.detach().clone().requires_grad_(True),))
