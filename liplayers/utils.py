@@ -107,6 +107,13 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_bool(value, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False``, else ``ValueError`` naming it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_finite_tensor(x, name: str, min_dim: int = 1) -> Tensor:
     """A floating-point tensor with at least ``min_dim`` dims and finite entries, else ``ValueError``."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < min_dim:

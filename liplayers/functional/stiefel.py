@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-__all__ = ["stiefel_tangent_projection", "with_tangent_gradient", "riemannian_linear"]
+__all__ = ["stiefel_tangent_projection", "with_tangent_gradient", "scaled_linear"]
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -102,18 +102,19 @@ class _RiemannianLinear(Function):
         return gx, gw, None, gb
 
 
-def riemannian_linear(x: Tensor, v: Tensor, s: float = 1.0, bias=None) -> Tensor:
-    """s·(x Vᵀ) + b whose gradient with respect to V is the tangent projection at V
-    (:func:`stiefel_tangent_projection`) of the Euclidean one; the gradients of x and b are the
-    usual ones. x (..., in), V (out, in) with orthonormal rows or columns, bias (out,) or None.
+def scaled_linear(x: Tensor, v: Tensor, s: float = 1.0, bias=None, riemannian: bool = True) -> Tensor:
+    """s·(x Vᵀ) + b without a scaled copy of V kept for backward (autograd keeps x and V).
 
-    The projection is computed from the batch when that is cheaper (B < min(out, in), B the
-    number of rows of x): two products of B·out·in instead of two of min(out, in)·out·in.
+    x (..., in), V (out, in), bias (out,) or None. With ``riemannian`` (V with orthonormal rows
+    or columns) the gradient with respect to V is the tangent projection at V
+    (:func:`stiefel_tangent_projection`) of the Euclidean one, computed from the batch when that
+    is cheaper (B < min(out, in), B the number of rows of x): two products of B·out·in instead of
+    two of min(out, in)·out·in. The gradients of x and b are the usual ones either way.
     """
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.shape[0] >= min(v.shape) or not torch.is_grad_enabled() or not v.requires_grad:
-        w = with_tangent_gradient(v)
-        out = torch.addmm(bias, x2, w.mT, alpha=s) if bias is not None else torch.mm(x2, w.mT).mul_(s)
-    else:
+    if riemannian and x2.shape[0] < min(v.shape) and torch.is_grad_enabled() and v.requires_grad:
         out = _RiemannianLinear.apply(x2, v, float(s), bias)
+    else:
+        w = with_tangent_gradient(v) if riemannian else v
+        out = torch.addmm(bias, x2, w.mT, alpha=s) if bias is not None else torch.mm(x2, w.mT).mul_(s)
     return out.reshape(*x.shape[:-1], v.shape[0])

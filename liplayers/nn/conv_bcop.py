@@ -14,6 +14,7 @@ from ..functional.orthogonalization import retract_semi_orthogonal_
 from ..functional.stiefel import with_tangent_gradient
 from ..lipschitz import LipschitzModule
 from ..parametrizations._common import orthogonal_init_, version_key as _version_key
+from ..utils import check_bool
 from ._conv_common import Size2, _check_padding_mode
 
 __all__ = ["OrthoConv2d"]
@@ -112,9 +113,7 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
         riemannian_grad: bool = True,
     ) -> None:
         nn.Module.__init__(self)  # not nn.Conv2d.__init__: there is no free kernel parameter
-        if not isinstance(riemannian_grad, bool):
-            raise ValueError(f"OrthoConv2d: riemannian_grad must be True or False, got {riemannian_grad!r}")
-        self.riemannian_grad = riemannian_grad
+        self.riemannian_grad = check_bool(riemannian_grad, "OrthoConv2d: riemannian_grad")
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"OrthoConv2d: {name} must be a positive integer, got {v!r}")
@@ -278,8 +277,7 @@ class OrthoConv2d(nn.Conv2d, LipschitzModule):
     @torch.compiler.disable
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        weight = self._training_kernel() if self.training else self._eval_kernel()
-        return self._conv_forward(input, weight, self.bias)
+        return self._conv_forward(input, self.weight, self.bias)
 
     # -- protocol -----------------------------------------------------------------------------
     def lipschitz_bound(self, input_shape=None) -> float:

@@ -27,6 +27,7 @@ from ..functional.padding import _pair
 from ..lipschitz import LipschitzModule, UnboundedModuleError
 from ..parametrizations._common import eval_mode_weight, weight_parametrization
 from ..parametrizations.operator_norm import OperatorNormalized
+from ..utils import check_bool
 from ._conv_common import Size2, _check_padding_mode, _positive_int
 from .conv_bcop import OrthoConv2d
 from .linear import _load_plain_weight
@@ -109,9 +110,7 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
                  riemannian_grad: bool = True) -> None:
         nn.Module.__init__(self)  # not nn.ConvTranspose2d.__init__: there is no free kernel parameter
         layer = "OrthoConvTranspose2d"
-        if not isinstance(riemannian_grad, bool):
-            raise ValueError(f"{layer}: riemannian_grad must be True or False, got {riemannian_grad!r}")
-        self.riemannian_grad = riemannian_grad
+        self.riemannian_grad = check_bool(riemannian_grad, f"{layer}: riemannian_grad")
         _positive_int(layer, "in_channels", in_channels)
         _positive_int(layer, "out_channels", out_channels)
         if groups != 1:
@@ -176,7 +175,7 @@ class OrthoConvTranspose2d(nn.ConvTranspose2d, LipschitzModule):
         if input.dim() not in (3, 4) or input.shape[-3] != self.in_channels:
             raise ValueError(f"OrthoConvTranspose2d expects input (B, {self.in_channels}, H, W), got "
                              f"{tuple(input.shape)}")
-        weight = self._training_kernel() if self.training else self._eval_kernel()
+        weight = self.weight
         if self.padding_mode == "circular":
             s = self.stride[0]
             n = (input.shape[-2] * s, input.shape[-1] * s)

@@ -9,11 +9,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.spectral import spectral_norm_exact
-from ..functional.stiefel import riemannian_linear
+from ..functional.stiefel import scaled_linear
 from ..lipschitz import LipschitzModule, linf_operator_norm
 from ..parametrizations import BjorckOrthonormal, SpectralNormalized, eval_mode_weight, orthogonal_init_
 from ..parametrizations.bjorck import DEFAULT_MAX_DRIFT
-from ..utils import accepts_renamed_kwargs, renamed_attribute
+from ..utils import accepts_renamed_kwargs, check_bool, renamed_attribute
 
 __all__ = ["BjorckLinear", "SpectralLinear"]
 
@@ -52,22 +52,13 @@ class _ParametrizedLinear(nn.Linear, LipschitzModule):
         chain = self.parametrizations.weight
         p = chain[0]
         if not (self.training and len(chain) == 1 and isinstance(p, BjorckOrthonormal) and p.mode == "retract"
-                and not parametrize._cache_enabled):
+                and not parametrize._cache_enabled and input.dim() > 0):
             return F.linear(input, self.weight, self.bias)
         # Training, retract mode: y = s·(x Vᵀ) + b equals x (sV)ᵀ + b without a scaled copy of
-        # the weight held for backward (autograd keeps x and the parameter V itself).
+        # the weight held for backward; with riemannian_grad the gradient of V is projected
+        # onto the tangent space at V.
         v = chain.original
-        s = p.train_scale(v)
-        if getattr(self, "riemannian_grad", False) and input.dim() > 0:
-            return riemannian_linear(input, v, s, self.bias)  # the gradient of V projected onto the tangent space
-        if s == 1.0 or input.dim() == 0:
-            return F.linear(input, v if s == 1.0 else v * s, self.bias)
-        x = input.reshape(-1, input.shape[-1])
-        if self.bias is not None:
-            out = torch.addmm(self.bias, x, v.t(), alpha=s)
-        else:
-            out = torch.mm(x, v.t()).mul_(s)
-        return out.reshape(*input.shape[:-1], out.shape[-1])
+        return scaled_linear(input, v, p.train_scale(v), self.bias, riemannian=getattr(self, "riemannian_grad", False))
 
     def lipschitz_bound(self, input_shape=None) -> float:
         """Exact (float64 SVD, +1e-9 relative) spectral norm of the weight used in eval mode."""
@@ -148,8 +139,7 @@ class BjorckLinear(_ParametrizedLinear):
                  order: int = 5, retract_every: Optional[int] = None, max_drift: float = DEFAULT_MAX_DRIFT,
                  riemannian_grad: bool = True) -> None:
         _check_features("BjorckLinear", in_features, out_features)
-        if not isinstance(riemannian_grad, bool):
-            raise ValueError(f"BjorckLinear: riemannian_grad must be True or False, got {riemannian_grad!r}")
+        check_bool(riemannian_grad, "BjorckLinear: riemannian_grad")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         parametrize.register_parametrization(
             self, "weight", BjorckOrthonormal(mode=mode, tol=tol, max_iterations=max_iterations, order=order,

@@ -126,14 +126,14 @@ def test_bjorck_linear_riemannian_gradient_is_the_projected_euclidean_one(shape)
 def test_riemannian_linear_batch_form_equals_the_projection(out_f, in_f, batch, bias):
     """Both code paths (projection of the formed gradient, or from the batch when B < min(out, in))
     give s·(xVᵀ) + b and the tangent projection of the Euclidean gradient, also off the manifold."""
-    from liplayers.functional.stiefel import riemannian_linear
+    from liplayers.functional.stiefel import scaled_linear
 
     g = torch.Generator().manual_seed(5)
     v = (_stiefel(out_f, in_f, seed=6) + 0.05 * torch.randn(out_f, in_f, generator=g, dtype=F64)).requires_grad_(True)
     shape = batch if isinstance(batch, tuple) else (batch,)
     x = torch.randn(*shape, in_f, generator=g, dtype=F64, requires_grad=True)
     b = torch.randn(out_f, generator=g, dtype=F64, requires_grad=True) if bias else None
-    y = riemannian_linear(x, v, 0.9, b)
+    y = scaled_linear(x, v, 0.9, b)
     x2, v2 = x.detach().clone().requires_grad_(True), v.detach().clone().requires_grad_(True)
     b2 = b.detach().clone().requires_grad_(True) if bias else None
     y2 = torch.nn.functional.linear(x2, 0.9 * v2, b2)
@@ -145,4 +145,4 @@ def test_riemannian_linear_batch_form_equals_the_projection(out_f, in_f, batch, 
     torch.testing.assert_close(got[1], stiefel_tangent_projection(v.detach(), ref[1]), rtol=1e-12, atol=1e-13)
     if bias:
         torch.testing.assert_close(got[2], ref[2], rtol=1e-12, atol=1e-13)
-    assert torch.autograd.gradcheck(lambda t: riemannian_linear(t, v.detach(), 0.9, None), (x.detach().clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda t: scaled_linear(t, v.detach(), 0.9, None), (x.detach().clone().requires_grad_(True),))
