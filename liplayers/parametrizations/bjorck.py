@@ -16,7 +16,7 @@ from ._common import compute_dtype as _compute_dtype, version_key as _version_ke
 __all__ = ["BjorckOrthonormal", "DEFAULT_RETRACT_EVERY", "DEFAULT_MAX_DRIFT"]
 
 # chosen by measurement (see the class docstring)
-DEFAULT_RETRACT_EVERY = 8
+DEFAULT_RETRACT_EVERY = 16
 DEFAULT_MAX_DRIFT = 0.25
 
 

@@ -1,11 +1,14 @@
-"""Riemannian gradient on the Stiefel manifold (tangent projection) and its use by OrthoConv2d."""
+"""Riemannian gradients on the Stiefel manifold (tangent projection, canonical metric) and their
+use by OrthoConv2d and BjorckLinear."""
 import pickle
 
 import pytest
 import torch
 
 import liplayers as L
-from liplayers.functional import stiefel_tangent_projection, with_tangent_gradient
+from liplayers.functional import (riemannian_gradient, stiefel_canonical_gradient, stiefel_tangent_projection,
+                                  with_tangent_gradient)
+from liplayers.functional.stiefel import scaled_linear
 from liplayers.functional.orthogonalization import retract_semi_orthogonal_
 
 F64 = torch.float64
@@ -34,6 +37,34 @@ def test_projection_is_tangent_idempotent_and_orthogonal(shape):
         y = (x + s * (g - z))[0].clone()
         retract_semi_orthogonal_(y)
         assert float((y - x[0]).abs().max()) < 50 * s * s
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9), (6, 6)])
+def test_canonical_gradient_is_the_gradient_of_the_canonical_metric(shape):
+    """grad_c is tangent and represents the differential: g_c(grad_c, ξ) = ⟨G, ξ⟩ for every
+    tangent ξ, with g_c(Δ, ξ) = tr Δᵀ(I − ½XXᵀ)ξ for tall X (of the transposes for wide X)."""
+    x = _stiefel(*shape, seed=3, batch=(2,))
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(2, *shape, generator=gen, dtype=F64)
+    z = stiefel_canonical_gradient(x, g)
+    d = x.mT @ z + z.mT @ x if shape[0] >= shape[1] else z @ x.mT + x @ z.mT
+    assert float(d.abs().max()) < 1e-12
+    tall = shape[0] >= shape[1]
+    xt, zt, gt = (x, z, g) if tall else (x.mT, z.mT, g.mT)
+    metric = torch.eye(xt.shape[-2], dtype=F64) - 0.5 * xt @ xt.mT
+    for k in range(4):
+        xi = stiefel_tangent_projection(x, torch.randn(2, *shape, generator=gen, dtype=F64))
+        xit = xi if tall else xi.mT
+        lhs = (zt * (metric @ xit)).sum((-2, -1))
+        torch.testing.assert_close(lhs, (gt * xit).sum((-2, -1)), rtol=1e-12, atol=1e-12)
+    if shape[0] == shape[1]:  # square orthogonal X: twice the projection
+        torch.testing.assert_close(z, 2 * stiefel_tangent_projection(x, g), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(riemannian_gradient(x, g, "canonical"), z, rtol=0, atol=0)
+    torch.testing.assert_close(riemannian_gradient(x, g), stiefel_tangent_projection(x, g), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="metric"):
+        riemannian_gradient(x, g, "euclidean")
+    with pytest.raises(ValueError, match="one shape"):
+        stiefel_canonical_gradient(x, g[..., :-1])
 
 
 def test_with_tangent_gradient_forward_identity_backward_projection():
@@ -100,10 +131,12 @@ def test_transposed_layer_option_and_objects_pickled_without_the_attribute():
 
 
 @pytest.mark.parametrize("shape", [(12, 7), (7, 12)])
-def test_bjorck_linear_riemannian_gradient_is_the_projected_euclidean_one(shape):
-    """Training forward unchanged; the gradient of V is Π_V of the Euclidean one (scaled by s)."""
+@pytest.mark.parametrize("option", [True, "canonical", "embedded"])
+def test_bjorck_linear_riemannian_gradient_is_that_of_the_euclidean_one(shape, option):
+    """Training forward unchanged; the gradient of V is the Riemannian gradient at V of the
+    Euclidean one (canonical metric by default, or the tangent projection)."""
     torch.manual_seed(4)
-    a = L.BjorckLinear(*shape, dtype=F64, max_drift=0.5)
+    a = L.BjorckLinear(*shape, dtype=F64, max_drift=0.5, riemannian_grad=option)
     b = L.BjorckLinear(*shape, dtype=F64, max_drift=0.5, riemannian_grad=False)
     b.load_state_dict(a.state_dict())
     x = torch.randn(5, shape[0], dtype=F64)
@@ -113,36 +146,65 @@ def test_bjorck_linear_riemannian_gradient_is_the_projected_euclidean_one(shape)
     ya.backward(g)
     yb.backward(g)
     va, vb = a.parametrizations.weight.original, b.parametrizations.weight.original
-    torch.testing.assert_close(va.grad, stiefel_tangent_projection(vb.detach(), vb.grad), rtol=1e-12, atol=1e-13)
+    metric = "embedded" if option == "embedded" else "canonical"
+    torch.testing.assert_close(va.grad, riemannian_gradient(vb.detach(), vb.grad, metric), rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(a.bias.grad, b.bias.grad)
-    with pytest.raises(ValueError, match="riemannian_grad"):
-        L.BjorckLinear(3, 3, riemannian_grad="yes")
+    for bad in ("yes", 1, None, "euclidean"):
+        with pytest.raises(ValueError, match="riemannian_grad"):
+            L.BjorckLinear(3, 3, riemannian_grad=bad)
     differentiable = L.BjorckLinear(*shape, dtype=F64, mode="differentiable")  # flag unused: autograd through Björck
     differentiable(x).sum().backward()
 
 
-@pytest.mark.parametrize("out_f,in_f,batch", [(8, 20, 3), (20, 8, 3), (8, 20, 30), (6, 9, (2, 2))])
+@pytest.mark.parametrize("out_f,in_f,batch", [(8, 20, 3), (20, 8, 3), (8, 20, 30), (6, 9, (2, 2)), (8, 20, 12)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_riemannian_linear_batch_form_equals_the_projection(out_f, in_f, batch, bias):
-    """Both code paths (projection of the formed gradient, or from the batch when B < min(out, in))
-    give s·(xVᵀ) + b and the tangent projection of the Euclidean gradient, also off the manifold."""
-    from liplayers.functional.stiefel import scaled_linear
-
+@pytest.mark.parametrize("metric", ["canonical", "embedded"])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_riemannian_linear_batch_form_equals_the_riemannian_gradient(out_f, in_f, batch, bias, metric, input_grad):
+    """Both code paths (the formed gradient, or from the batch when that is cheaper; which one
+    runs depends on B, the metric and whether x needs a gradient) give s·(xVᵀ) + b and the
+    Riemannian gradient of the Euclidean one, also off the manifold."""
     g = torch.Generator().manual_seed(5)
     v = (_stiefel(out_f, in_f, seed=6) + 0.05 * torch.randn(out_f, in_f, generator=g, dtype=F64)).requires_grad_(True)
     shape = batch if isinstance(batch, tuple) else (batch,)
-    x = torch.randn(*shape, in_f, generator=g, dtype=F64, requires_grad=True)
+    x = torch.randn(*shape, in_f, generator=g, dtype=F64, requires_grad=input_grad)
     b = torch.randn(out_f, generator=g, dtype=F64, requires_grad=True) if bias else None
-    y = scaled_linear(x, v, 0.9, b)
-    x2, v2 = x.detach().clone().requires_grad_(True), v.detach().clone().requires_grad_(True)
+    y = scaled_linear(x, v, 0.9, b, metric=metric)
+    x2, v2 = x.detach().clone().requires_grad_(input_grad), v.detach().clone().requires_grad_(True)
     b2 = b.detach().clone().requires_grad_(True) if bias else None
     y2 = torch.nn.functional.linear(x2, 0.9 * v2, b2)
     torch.testing.assert_close(y, y2, rtol=1e-14, atol=1e-14)
     gy = torch.randn_like(y)
-    got = torch.autograd.grad(y, [t for t in (x, v, b) if t is not None], gy)
-    ref = torch.autograd.grad(y2, [t for t in (x2, v2, b2) if t is not None], gy)
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(got[1], stiefel_tangent_projection(v.detach(), ref[1]), rtol=1e-12, atol=1e-13)
+    got = torch.autograd.grad(y, [t for t in (x, v, b) if t is not None and t.requires_grad], gy)
+    ref = torch.autograd.grad(y2, [t for t in (x2, v2, b2) if t is not None and t.requires_grad], gy)
+    if input_grad:
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-13)
+        got, ref = got[1:], ref[1:]
+    torch.testing.assert_close(got[0], riemannian_gradient(v.detach(), ref[0], metric), rtol=1e-12, atol=1e-13)
     if bias:
-        torch.testing.assert_close(got[2], ref[2], rtol=1e-12, atol=1e-13)
-    assert torch.autograd.gradcheck(lambda t: scaled_linear(t, v.detach(), 0.9, None), (x.detach().clone().requires_grad_(True),))
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=1e-13)
+    if input_grad:
+        assert torch.autograd.gradcheck(lambda t: scaled_linear(t, v.detach(), 0.9, None, metric=metric),
+                                        (x.detach().clone().requires_grad_(True),))
+
+
+def test_scaled_linear_takes_the_batch_form_exactly_when_it_is_cheaper():
+    """The batch form costs k products of B·out·in (k = 1 canonical / 2 embedded, + 1 without
+    input gradient), the formed projection two of min(out, in)·out·in."""
+    v = _stiefel(8, 20, seed=7).requires_grad_(True)
+    for metric, input_grad, batch, expected in [("canonical", True, 15, True), ("canonical", True, 16, False),
+                                                ("canonical", False, 7, True), ("canonical", False, 8, False),
+                                                ("embedded", True, 7, True), ("embedded", True, 8, False),
+                                                ("embedded", False, 5, True), ("embedded", False, 6, False)]:
+        x = torch.randn(batch, 20, dtype=F64, requires_grad=input_grad)
+        y = scaled_linear(x, v, 1.0, None, metric=metric)
+        nodes, seen = [y.grad_fn], set()
+        while nodes:
+            n = nodes.pop()
+            if n is not None and n not in seen:
+                seen.add(n)
+                nodes += [f for f, _ in n.next_functions]
+        batch_form = any(type(n).__name__ == "_RiemannianLinearBackward" for n in seen)
+        assert batch_form == expected, (metric, input_grad, batch)
+    with pytest.raises(ValueError, match="metric"):
+        scaled_linear(x, v, metric="flat")
