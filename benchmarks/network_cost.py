@@ -17,8 +17,11 @@ strided convolution becomes the equivalent explicit padding, symmetric — as a 
 write it — when the extra bottom/right zeros are never read), ``BjorckLinear`` by ``nn.Linear``
 and each GroupSort-family activation by ``ReLU``.
 
-Variants: ``GNP`` with the library's defaults (Riemannian gradient of the orthogonal factors);
-``GNP, Euclidean gradient``: the same network with ``riemannian_grad=False`` in every layer.
+Variants: ``GNP`` with the library's defaults (Riemannian gradient of the orthogonal factors:
+canonical metric for the dense layers, tangent projection for the convolutions' factors);
+``GNP, embedded-metric gradient``: the dense layers with ``riemannian_grad="embedded"`` (the
+tangent projection, one more product per step); ``GNP, Euclidean gradient``: the same network
+with ``riemannian_grad=False`` in every layer.
 
 Time: every network first trains ``--warmup`` steps; then in each of ``--rounds`` rounds every
 network trains ``--steps`` consecutive steps (default: the Björck layers' retraction period, so
@@ -89,16 +92,29 @@ NETWORKS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
 
 
 EUCLID = "GNP, Euclidean gradient"
+EMBEDDED = "GNP, embedded-metric gradient"
+
+
+def with_gradient(build: Callable[[], nn.Module], option) -> nn.Module:
+    """The same GNP network (same seed) with ``riemannian_grad=option`` in every layer that has it
+    (``False``: all; a metric name: the dense layers, the only ones that offer a choice)."""
+    torch.manual_seed(0)
+    net = build()
+    for m in net.modules():
+        if hasattr(m, "riemannian_grad") and (option is False or isinstance(m, L.BjorckLinear)):
+            m.riemannian_grad = option
+    return net
 
 
 def euclidean(build: Callable[[], nn.Module]) -> nn.Module:
     """The same GNP network (same seed) with ``riemannian_grad=False`` in every layer that has it."""
-    torch.manual_seed(0)
-    net = build()
-    for m in net.modules():
-        if hasattr(m, "riemannian_grad"):
-            m.riemannian_grad = False
-    return net
+    return with_gradient(build, False)
+
+
+def variants(build: Callable[[], nn.Module], shape: Tuple[int, ...]) -> Dict[str, Callable[[], nn.Module]]:
+    """Builders of the compared networks, by variant name (the plain one first)."""
+    return {"plain": lambda: plain_copy(build(), shape), "GNP": build,
+            EMBEDDED: lambda: with_gradient(build, "embedded"), EUCLID: lambda: euclidean(build)}
 
 
 def _same_padding(size: int, k: int, s: int, d: int) -> Tuple[int, int]:
@@ -227,10 +243,11 @@ def peak_memory(build: Callable[[], nn.Module], shape: Tuple[int, ...], batch: i
 
 def measure(name: str, batch: int, warmup: int, rounds: int, steps: int, memory: bool, tau: float) -> List[Tuple]:
     build, shape = NETWORKS[name]
-    torch.manual_seed(0)
-    gnp = build()
-    runners = {"plain": Runner(plain_copy(gnp, shape), shape, batch, 0, tau), "GNP": Runner(gnp, shape, batch, 0, tau),
-               EUCLID: Runner(euclidean(build), shape, batch, 0, tau)}
+    builders = variants(build, shape)
+    runners = {}
+    for k, make in builders.items():
+        torch.manual_seed(0)
+        runners[k] = Runner(make(), shape, batch, 0, tau)
     for r in runners.values():
         for _ in range(warmup):
             r.step()
@@ -239,7 +256,6 @@ def measure(name: str, batch: int, warmup: int, rounds: int, steps: int, memory:
         for k, r in runners.items():
             best[k] = min(best[k], r.timed_block(steps))
     nan = (float("nan"), float("nan"))
-    builders = {"plain": lambda: plain_copy(build(), shape), "GNP": build, EUCLID: lambda: euclidean(build)}
     peaks = {k: (peak_memory(builders[k], shape, batch, warmup, steps, tau) if memory else nan) for k in runners}
     return [(name, k, 1e3 * best[k], best[k] / best["plain"], *peaks[k], peaks[k][0] / peaks["plain"][0],
              peaks[k][1] / peaks["plain"][1]) for k in runners]
@@ -257,10 +273,10 @@ def epoch(names: List[str], batch: int, data_dir: Optional[str], tau: float) -> 
         build, shape = NETWORKS[name]
         if shape != MNIST:
             continue
-        torch.manual_seed(0)
-        gnp = build()
-        runners = {"plain": Runner(plain_copy(gnp, shape), shape, 1, 0, tau), "GNP": Runner(gnp, shape, 1, 0, tau),
-                   EUCLID: Runner(euclidean(build), shape, 1, 0, tau)}
+        runners = {}
+        for k, make in variants(build, shape).items():
+            torch.manual_seed(0)
+            runners[k] = Runner(make(), shape, 1, 0, tau)
         perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(1))
         spent = {k: 0.0 for k in runners}
         for i in range(len(x_all) // batch):
