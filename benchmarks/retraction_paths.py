@@ -18,11 +18,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import liplayers as L
 from liplayers.data import load_idx_dataset
 from liplayers.parametrizations import bjorck
+from network_cost import mlp  # the same MLP as the network-cost table (this script's folder)
 
 
 def main() -> None:
@@ -41,8 +41,7 @@ def main() -> None:
     x = x.float().reshape(len(x), -1)
     x = x / 255 if x.max() > 1.5 else x
     torch.manual_seed(0)
-    net = nn.Sequential(L.BjorckLinear(784, 512), L.MaxMin(dim=-1), L.BjorckLinear(512, 512), L.MaxMin(dim=-1),
-                        L.BjorckLinear(512, 10))
+    net = mlp()
     option = False if args.gradient == "euclidean" else args.gradient
     for m in net.modules():
         if isinstance(m, L.BjorckLinear):
